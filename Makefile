@@ -1,0 +1,33 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv/ and installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-v1
+
+.PHONY: demo test lint e2e bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch comes from ComfyUI in production; here a CPU build, only when absent.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	# Only for its bundled CLIP BPE vocabulary (the tiny model's tokenizer); no dependencies.
+	$(PY) -m pip install -q --no-deps open-clip-torch
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	@if command -v node >/dev/null 2>&1 && ls tests/js/*.test.mjs >/dev/null 2>&1; then \
+		node --test tests/js/; else echo "node or JS tests absent: JS unit tests skipped"; fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/bench_train_step.py
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,133 @@
+"""TrainLoRA: a thin adapter from widgets to ``style_lora_engine.trainer.train_lora``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..style_lora_engine.config import (
+    LR_SCHEDULERS,
+    MIXED_PRECISIONS,
+    OPTIMIZERS,
+    PRESET_NAMES,
+    PRESETS,
+    TrainConfig,
+    apply_preset,
+)
+from ..style_lora_engine.dataset import Dataset
+from ..style_lora_engine.grid import pil_to_comfy_image, plot_loss
+from ..style_lora_engine.lora_file import sanitize_name
+from ..style_lora_engine.trainer import EpochInfo, StepInfo, TrainCallbacks, TrainResult, train_lora
+from . import comfy_bridge
+from .node_types import CATEGORY, DATASET, RUN
+
+log = logging.getLogger("style_lora_trainer")
+
+
+def format_status(info: StepInfo) -> str:
+    eta = int(info.eta_seconds)
+    return (f"epoch {info.epoch}/{info.num_epochs} · step {info.global_step}/{info.total_steps} · "
+            f"loss {info.loss:.4f} · d·lr {info.dlr:.2e} · ETA {eta // 60}:{eta % 60:02d}")
+
+
+def step_payload(info: StepInfo, node_id: str | None) -> dict[str, Any]:
+    """Payload of the ``style_lora.train_step`` server event (documented in the README)."""
+    return {"node": node_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
+            "step": info.global_step, "total_steps": info.total_steps,
+            "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
+            "loss": info.loss, "lr": info.lr, "dlr": info.dlr, "eta_seconds": info.eta_seconds}
+
+
+def summarize(result: TrainResult) -> str:
+    cfg = result.config
+    lines = [
+        f"Run folder: {result.run_dir}",
+        f"{len(result.epoch_files)} epoch file(s): {', '.join(p.name for _, p in sorted(result.epoch_files.items()))}",
+        f"rank {cfg.rank} / alpha {cfg.alpha:g} · {cfg.optimizer} lr {cfg.learning_rate:g} · "
+        f"{cfg.lr_scheduler} · {cfg.epochs} epochs × {result.steps_per_epoch} steps",
+    ]
+    if result.resumed_from_epoch:
+        lines.append(f"Resumed after epoch {result.resumed_from_epoch}.")
+    if result.losses:
+        lines.append(f"Final loss {result.losses[-1]:.4f}; last d·lr {result.dlrs[-1]:.3e}")
+    return "\n".join(lines)
+
+
+class StyleLoRATrain:
+    DESCRIPTION = ("Trains a U-Net-only style LoRA in-process (peft), saving every epoch as its own kohya-format "
+                   "file. Defaults follow the guide: rank 32 / alpha 16, DAdapt-AdamW at lr 1.0, 20 epochs. "
+                   "Stop keeps finished epochs; queueing the same settings again resumes.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (RUN, "IMAGE", "STRING")
+    RETURN_NAMES = ("run", "loss_plot", "summary")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        d = TrainConfig()
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP",),
+                "vae": ("VAE",),
+                "dataset": (DATASET,),
+                "preset": (list(PRESET_NAMES), {"default": PRESET_NAMES[0], "tooltip":
+                           "A guide preset overrides rank, alpha, optimizer and learning rate; "
+                           "choose 'custom' to use the widgets below."}),
+                "output_name": ("STRING", {"default": "my_style"}),
+                "rank": ("INT", {"default": d.rank, "min": 1, "max": 256}),
+                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 256.0, "step": 0.5}),
+                "optimizer": (list(OPTIMIZERS), {"default": d.optimizer}),
+                "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-7, "max": 10.0, "step": 1e-6,
+                                            "round": False, "tooltip": "DAdapt/Prodigy: 1.0. AdamW: ~1e-4."}),
+                "lr_scheduler": (list(LR_SCHEDULERS), {"default": d.lr_scheduler}),
+                "lr_warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100000}),
+                "epochs": ("INT", {"default": d.epochs, "min": 1, "max": 1000}),
+                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False}),
+                "mixed_precision": (list(MIXED_PRECISIONS), {"default": d.mixed_precision}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": d.gradient_checkpointing}),
+                "cache_latents": ("BOOLEAN", {"default": d.cache_latents}),
+            },
+            "optional": {
+                "training_comment": ("STRING", {"default": "", "multiline": True}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model: Any, clip: Any, vae: Any, dataset: Dataset, preset: str, output_name: str,
+              rank: int, alpha: float, optimizer: str, learning_rate: float, lr_scheduler: str,
+              lr_warmup_steps: int, epochs: int, batch_size: int, seed: int, mixed_precision: str,
+              gradient_checkpointing: bool, cache_latents: bool, training_comment: str = "",
+              unique_id: str | None = None) -> dict[str, Any]:
+        config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
+                             lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
+                             batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
+                             gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
+        config = apply_preset(config, preset).validate()
+        name = sanitize_name(output_name)
+        backend = comfy_bridge.training_backend(model, clip, vae)
+        node_id = str(unique_id) if unique_id is not None else None
+        progress = comfy_bridge.Progress(config.epochs, node_id)
+
+        def on_step(info: StepInfo) -> None:
+            comfy_bridge.check_interrupt()  # Stop takes effect within one step
+            progress.update_absolute(info.global_step, info.total_steps)
+            comfy_bridge.send_status_text(format_status(info), node_id)
+            comfy_bridge.send_event(comfy_bridge.EVENT_STEP, step_payload(info, node_id))
+
+        def on_epoch(info: EpochInfo) -> None:
+            comfy_bridge.send_event(comfy_bridge.EVENT_EPOCH, {
+                "node": node_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
+                "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss})
+
+        result = train_lora(backend, dataset, config, runs_root=comfy_bridge.runs_dir(), output_name=name,
+                            callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info),
+                            training_comment=training_comment)
+        plot = plot_loss(result.losses, epoch_steps=result.epoch_end_steps, dlr=result.dlrs,
+                         title=f"{name}: loss per step", path=result.run_dir / "loss.png")
+        summary = summarize(result)
+        if preset in PRESETS:
+            summary += f"\nPreset: {preset}"
+        return {"ui": {"text": [summary]}, "result": (result, pil_to_comfy_image(plot), summary)}

@@ -1,0 +1,83 @@
+"""Crash-safe file writes and path joins that cannot escape their folder.
+
+Captions and LoRA files are written next to the user's data; a half-written file (power cut,
+ComfyUI killed mid-save) must never replace a good one, and a caption name taken from a widget
+must never write outside the dataset folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import StyleLoRAError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see either the old file or the complete new one.
+
+    The temporary file lives in the same directory because ``os.replace`` is only atomic within
+    one filesystem. It is removed again if anything fails.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            # fsync before the rename: otherwise a crash can leave a renamed but empty file.
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(directory)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Atomically write ``text`` (UTF-8, no newline translation so files are byte-identical
+    on every OS)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; Windows cannot open directories, so skip there.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def safe_join(base: str | os.PathLike[str], relative: str | os.PathLike[str]) -> Path:
+    """Join ``relative`` onto ``base`` and refuse any result outside ``base``.
+
+    Rejects absolute paths, ``..`` escapes and symlinks that resolve outside ``base``.
+    Returns the resolved path.
+    """
+    base_resolved = Path(base).resolve()
+    rel = Path(relative)
+    rel_text = os.fspath(relative)
+    if not rel_text or rel.is_absolute() or rel.drive or rel.anchor:
+        raise StyleLoRAError(
+            f"Refusing path {rel_text!r}: it must be a relative path inside {base_resolved}."
+        )
+    candidate = (base_resolved / rel).resolve()
+    if candidate != base_resolved and base_resolved not in candidate.parents:
+        raise StyleLoRAError(
+            f"Refusing path {rel_text!r}: it resolves to {candidate}, which is outside "
+            f"{base_resolved}. Use a file name inside that folder (no '..' and no symlinks "
+            "pointing elsewhere)."
+        )
+    return candidate

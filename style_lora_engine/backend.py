@@ -1,0 +1,65 @@
+"""What the training loop needs from a model, whoever provides it (diffusers here, ComfyUI in the pack).
+
+The loop owns epochs, batches, captions, optimizer, files and resume; a backend owns the model:
+where LoRA goes, how images become latents, how captions become conditioning and how one
+denoising loss is computed for the model's own parameterisation (eps or v).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SampleGeometry:
+    """SDXL size conditioning for one sample: original size, crop offset, target (bucket) size."""
+
+    original_hw: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    target_hw: tuple[int, int]
+
+
+class TrainingBackend(Protocol):
+    arch: str  # "sd15" or "sdxl"
+    model_name: str
+    naming: str  # module naming of lora_module(): "diffusers" or "ldm"
+    layers_per_block: int
+    device: torch.device
+
+    def lora_module(self) -> torch.nn.Module:
+        """The U-Net module that gets LoRA layers."""
+        ...
+
+    def begin_training(self, *, dtype: torch.dtype, gradient_checkpointing: bool) -> None:
+        """Move the U-Net to the training device, freeze it, enable checkpointing."""
+        ...
+
+    def end_training(self) -> None:
+        """Undo begin_training: the user's model is as it was before."""
+        ...
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> scaled latents [B,C,h,w] on CPU, float32."""
+        ...
+
+    def loss(
+        self,
+        latents: torch.Tensor,
+        captions: list[str],
+        geometry: list[SampleGeometry],
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """One denoising loss (scalar) with noise and timesteps drawn from ``generator`` (on CPU)."""
+        ...
+
+
+def crop_geometry(width: int, height: int, bucket: tuple[int, int]) -> SampleGeometry:
+    """Geometry of the cover-resize + centre-crop that ``images.prepare_image`` performs."""
+    bw, bh = bucket
+    scale = max(bw / width, bh / height)
+    rw, rh = round(width * scale), round(height * scale)
+    return SampleGeometry((height, width), ((rh - bh) // 2, (rw - bw) // 2), (bh, bw))

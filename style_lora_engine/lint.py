@@ -1,0 +1,211 @@
+"""The guide's dataset checks, as a report a ComfyUI node can show in a STRING output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .dataset import Dataset
+
+LEVELS = ("error", "warning", "info")
+
+GUIDE_MIN_IMAGES = 30
+GUIDE_MAX_IMAGES = 100
+GUIDE_MIN_REPEATS = 8
+GUIDE_MAX_REPEATS = 20
+CHUNK_TOKENS = 75
+MAX_CHUNKS = 3
+
+_CAPTION_ADVICE = (
+    "The guide asks for detailed captions: describe the subject, its context/backdrop and each "
+    'distinct element, e.g. "A red apple" -> "A glossy red apple with droplets of water, nestled '
+    'among green leaves".'
+)
+
+
+@dataclass(frozen=True)
+class LintMessage:
+    level: str  # "error" | "warning" | "info"
+    code: str  # stable identifier, e.g. "caption_missing"
+    text: str
+    file: str | None = None  # image (or caption) file name the finding is about
+
+    def line(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"[{self.level.upper()}] {where}{self.text} ({self.code})"
+
+
+@dataclass(frozen=True)
+class LintReport:
+    messages: tuple[LintMessage, ...] = field(default_factory=tuple)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(LEVELS, 0)
+        for message in self.messages:
+            counts[message.level] = counts.get(message.level, 0) + 1
+        return counts
+
+    @property
+    def has_errors(self) -> bool:
+        return self.counts["error"] > 0
+
+    def by_code(self, code: str) -> list[LintMessage]:
+        return [m for m in self.messages if m.code == code]
+
+    def to_text(self) -> str:
+        """Errors, then warnings, then info; one line per finding."""
+        counts = self.counts
+        lines = [
+            f"Dataset check: {counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)."
+        ]
+        titles = {"error": "Errors", "warning": "Warnings", "info": "Info"}
+        for level in LEVELS:
+            group = [m for m in self.messages if m.level == level]
+            if not group:
+                continue
+            lines.append("")
+            lines.append(f"{titles[level]}:")
+            lines.extend(f"  {m.line()}" for m in group)
+        return "\n".join(lines)
+
+
+def lint_dataset(
+    dataset: Dataset,
+    count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int = CHUNK_TOKENS,
+    min_words: int = 5,
+) -> LintReport:
+    """Check ``dataset`` against the guide. ``count_tokens`` (e.g. ``make_token_counter(tokenizer)``)
+    enables the caption-length check; without it that check is skipped and noted."""
+    messages: list[LintMessage] = []
+
+    def add(level: str, code: str, text: str, file: str | None = None) -> None:
+        messages.append(LintMessage(level, code, text, file))
+
+    n_images = len(dataset.items)
+    if n_images < GUIDE_MIN_IMAGES:
+        add(
+            "warning",
+            "too_few_images",
+            f"Only {n_images} image(s); the guide recommends 30-100 high-resolution images for a style LoRA. "
+            "Add more varied examples of the style.",
+        )
+    elif n_images > GUIDE_MAX_IMAGES:
+        add(
+            "warning",
+            "too_many_images",
+            f"{n_images} images; the guide recommends 30-100 high-resolution images. More is slower and "
+            "rarely better - keep the best, most varied ones.",
+        )
+
+    if not GUIDE_MIN_REPEATS <= dataset.repeats <= GUIDE_MAX_REPEATS:
+        add(
+            "warning",
+            "repeats_outside_guide",
+            f"repeats is {dataset.repeats}; the guide repeats each image about 10 times, never below 8, and "
+            "8-20 is the useful range (more risks biased, over-fitted output).",
+        )
+
+    res = dataset.resolution
+    for item in dataset.items:
+        name = item.image_path.name
+        if item.width < res or item.height < res:
+            add(
+                "warning",
+                "image_too_small",
+                f"{item.width}x{item.height} is smaller than the training resolution {res} px on at least "
+                "one side; it will be upscaled and look soft. Use a higher-resolution source, remove it, "
+                "or turn on bucket no_upscale.",
+                name,
+            )
+        if item.caption_missing and not item.caption.strip():
+            add(
+                "warning",
+                "caption_missing",
+                f"No caption file ({item.caption_path.name}). Write one: {_CAPTION_ADVICE}",
+                name,
+            )
+        elif not item.caption.strip():
+            add("warning", "caption_empty", f"The caption is empty. {_CAPTION_ADVICE}", name)
+        else:
+            words = len(item.caption.split())
+            if words < min_words:
+                add(
+                    "warning",
+                    "caption_short",
+                    f'The caption "{item.caption}" has only {words} word(s). {_CAPTION_ADVICE}',
+                    name,
+                )
+            if count_tokens is not None:
+                _check_tokens(add, item.caption, count_tokens(item.caption), max_tokens, name)
+
+    if count_tokens is None:
+        add("info", "tokens_not_checked", "Caption token lengths were not checked (no tokenizer given).")
+
+    _check_duplicates(add, dataset)
+    _check_shared_caption_files(add, dataset)
+
+    for path, reason in dataset.skipped:
+        add("warning", "image_skipped", f"Skipped, unreadable: {reason}", path.name)
+
+    buckets = ", ".join(f"{w}x{h} ({n})" for (w, h), n in dataset.bucket_counts().items())
+    add(
+        "info",
+        "summary",
+        f"{n_images} images x {dataset.repeats} repeats = {dataset.num_train_images()} steps per epoch "
+        f"at batch size 1; resolution {res}; buckets: {buckets}.",
+    )
+    return LintReport(tuple(messages))
+
+
+def _check_tokens(add: Callable[..., None], caption: str, n_tokens: int, max_tokens: int, name: str) -> None:
+    limit = CHUNK_TOKENS * MAX_CHUNKS
+    if n_tokens > limit:
+        add(
+            "warning",
+            "caption_truncated",
+            f"The caption is {n_tokens} tokens; it is encoded in up to 3 chunks of 75 tokens and everything "
+            f"after token {limit} is cut. Shorten it.",
+            name,
+        )
+    elif n_tokens > max_tokens:
+        add(
+            "info",
+            "caption_long",
+            f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token window; it "
+            f"will be encoded in up to 3 chunks of 75 tokens (anything over {limit} tokens is cut).",
+            name,
+        )
+
+
+def _check_duplicates(add: Callable[..., None], dataset: Dataset) -> None:
+    groups: dict[str, list[str]] = {}
+    for item in dataset.items:
+        groups.setdefault(item.pixel_hash, []).append(item.image_path.name)
+    for names in groups.values():
+        if len(names) > 1:
+            for name in names[1:]:
+                add(
+                    "warning",
+                    "duplicate_image",
+                    f"Has exactly the same pixels as {names[0]}; duplicates are trained twice as often. "
+                    "Remove one.",
+                    name,
+                )
+
+
+def _check_shared_caption_files(add: Callable[..., None], dataset: Dataset) -> None:
+    # "a.png" and "a.jpg" both read "a.txt": they cannot get different captions.
+    owners: dict[str, list[str]] = {}
+    for item in dataset.items:
+        owners.setdefault(item.caption_path.name, []).append(item.image_path.name)
+    for caption_name, names in owners.items():
+        if len(names) > 1:
+            add(
+                "warning",
+                "caption_file_shared",
+                f"{', '.join(names)} all use the caption file {caption_name}; rename the images so each "
+                "has its own caption.",
+                names[0],
+            )

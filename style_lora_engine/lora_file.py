@@ -1,0 +1,349 @@
+"""Kohya-format LoRA files: names, epoch selection, ``ss_*``/``modelspec.*`` metadata, atomic I/O.
+
+Every epoch file is numbered, the last one too (``name-000020.safetensors``): kohya leaves the
+last epoch unnumbered, which breaks epoch grids (sd-scripts#572).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .errors import ConfigError, StyleLoRAError
+
+EPOCH_DIGITS = 6
+MAX_NAME_LENGTH = 100
+SELECT_MODES = ("all", "every_n", "last_k")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ -]")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+# A safetensors header bigger than this is not a LoRA (the format itself caps it at 100 MB).
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+MODELSPEC_ARCHITECTURE = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+# sd-scripts' sai_model_spec: SD1 LoRAs are "diffusers", SDXL LoRAs the Stability reference code.
+MODELSPEC_IMPLEMENTATION = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+_PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v", "v": "v"}
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+
+
+def sanitize_name(name: str) -> str:
+    """A safe file stem from a user-typed LoRA name.
+
+    Path-like names (``a/b``, ``/abs``, ``../x``, ``..``) are refused rather than silently
+    rewritten: the user meant a location, and the output folder is chosen elsewhere.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"The LoRA name must be text, got {type(name).__name__}.")
+    stem = name.strip()
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")].strip()
+    if "/" in stem or "\\" in stem or stem in (".", ".."):
+        raise ConfigError(
+            f"The LoRA name {name!r} looks like a path. Use a plain name such as 'my_style'; "
+            "files are always written to the output folder."
+        )
+    stem = _UNSAFE_CHARS.sub("_", stem)
+    stem = re.sub(r"\.{2,}", ".", stem)  # no ".." anywhere
+    stem = stem.lstrip(". ")  # no hidden files
+    stem = stem[:MAX_NAME_LENGTH].rstrip(". ")  # Windows drops trailing dots/spaces
+    if not stem or not stem.strip("_-"):
+        raise ConfigError(
+            f"The LoRA name {name!r} has no usable characters. Use letters, digits, '_', '-', '.' or spaces, "
+            "e.g. 'my_style'."
+        )
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
+        stem = "_" + stem[: MAX_NAME_LENGTH - 1]
+    return stem
+
+
+def epoch_file_name(name: str, epoch: int) -> str:
+    """``<name>-000012.safetensors`` for every epoch, the last one too."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+    return f"{name}-{epoch:0{EPOCH_DIGITS}d}.safetensors"
+
+
+def list_epoch_files(folder: Path, name: str) -> dict[int, Path]:
+    """``{epoch: path}`` of ``<name>-NNNNNN.safetensors`` files in ``folder`` (exact pattern only).
+
+    Temp files (``.<name>...tmp-<pid>``) and other runs' files never match.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    pattern = re.compile(re.escape(name) + r"-(\d{" + str(EPOCH_DIGITS) + r",})\.safetensors")
+    found: dict[int, Path] = {}
+    for entry in folder.iterdir():
+        m = pattern.fullmatch(entry.name)
+        # The round trip rejects spellings epoch_file_name would never write (e.g. 0000012).
+        if m and entry.name == epoch_file_name(name, int(m[1])) and entry.is_file():
+            found[int(m[1])] = entry
+    return dict(sorted(found.items()))
+
+
+def select_epochs(epochs: list[int], mode: str, n: int) -> list[int]:
+    """Which epochs go into the grid, ascending.
+
+    ``all``: every epoch; ``every_n``: epochs divisible by ``n`` plus always the last;
+    ``last_k``: the ``n`` highest.
+    """
+    if mode not in SELECT_MODES:
+        raise ConfigError(f"Unknown epoch selection {mode!r}; choose one of {', '.join(SELECT_MODES)}.")
+    unique = sorted(set(int(e) for e in epochs))
+    if not unique or mode == "all":
+        return unique
+    if n < 1:
+        raise ConfigError(f"The epoch selection '{mode}' needs n >= 1, got {n}.")
+    if mode == "every_n":
+        chosen = {e for e in unique if e % n == 0}
+        chosen.add(unique[-1])
+        return sorted(chosen)
+    return unique[-n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=False, ensure_ascii=False)
+
+
+def build_metadata(
+    *,
+    config: TrainConfig,
+    arch: str,
+    output_name: str,
+    epoch: int,
+    num_epochs: int,
+    steps: int,
+    num_batches_per_epoch: int,
+    num_train_images: int,
+    dataset_dirs: dict[str, dict],
+    tag_frequency: dict[str, dict[str, int]],
+    bucket_info: dict | None,
+    shuffle_caption: bool,
+    keep_tokens: int,
+    caption_separator: str,
+    resolution: tuple[int, int],
+    optimizer_repr: str,
+    base_model_name: str,
+    training_comment: str,
+    session_id: str,
+    started_at: float,
+    seed: int,
+    prediction_type: str = "epsilon",
+    finished_at: float | None = None,
+) -> dict[str, str]:
+    """kohya's ``ss_*`` keys and the SAI ``modelspec.*`` keys; every value a ``str``.
+
+    Nested values (dataset dirs, tag frequency, bucket info, network args) are JSON, as kohya
+    writes them, so A1111/ComfyUI metadata viewers and civitai read them.
+    ``num_train_images`` counts repeats (kohya's meaning). ``resolution`` is (width, height).
+    """
+    if arch not in BASE_MODEL_VERSION:
+        raise ConfigError(f"Unknown architecture {arch!r}; expected one of {', '.join(BASE_MODEL_VERSION)}.")
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ConfigError(f"Unknown prediction type {prediction_type!r} (epsilon or v_prediction).")
+    width, height = (int(resolution[0]), int(resolution[1]))
+    finished = time.time() if finished_at is None else finished_at
+    meta: dict[str, Any] = {
+        # kohya's minimum set (kept even with --no_metadata)
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": config.rank,
+        "ss_network_alpha": float(config.alpha),
+        "ss_network_args": _json({}),  # plain LoRA, kohya's default targets: no extra args
+        "ss_v2": False,
+        "ss_base_model_version": BASE_MODEL_VERSION[arch],
+        # run
+        "ss_session_id": session_id,
+        "ss_output_name": output_name,
+        "ss_training_started_at": started_at,
+        "ss_training_finished_at": finished,
+        "ss_training_comment": training_comment,
+        "ss_sd_model_name": base_model_name,
+        "ss_epoch": epoch,
+        "ss_num_epochs": num_epochs,
+        "ss_steps": steps,
+        "ss_max_train_steps": num_batches_per_epoch * num_epochs,
+        "ss_num_train_images": num_train_images,
+        "ss_num_batches_per_epoch": num_batches_per_epoch,
+        "ss_total_batch_size": config.batch_size,
+        "ss_gradient_accumulation_steps": 1,
+        "ss_seed": seed,
+        # optimisation
+        "ss_optimizer": optimizer_repr,
+        "ss_learning_rate": config.learning_rate,
+        "ss_unet_lr": config.learning_rate,
+        # U-Net only: the text encoder is frozen, so its effective learning rate is 0.
+        "ss_text_encoder_lr": 0.0,
+        "ss_network_train_unet_only": True,
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": config.lr_warmup_steps,
+        "ss_max_grad_norm": config.max_grad_norm,
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_full_fp16": False,
+        "ss_gradient_checkpointing": config.gradient_checkpointing,
+        "ss_cache_latents": config.cache_latents,
+        # dataset
+        "ss_resolution": str((width, height)),
+        "ss_enable_bucket": bucket_info is not None,
+        "ss_dataset_dirs": _json(dataset_dirs),
+        "ss_tag_frequency": _json(tag_frequency),
+        "ss_bucket_info": _json(bucket_info),
+        "ss_shuffle_caption": shuffle_caption,
+        "ss_keep_tokens": keep_tokens,
+        "ss_caption_separator": caption_separator,
+        # SAI model spec 1.0.1, as sd-scripts writes it for a LoRA
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": MODELSPEC_ARCHITECTURE[arch],
+        "modelspec.implementation": MODELSPEC_IMPLEMENTATION[arch],
+        "modelspec.title": output_name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(started_at)).isoformat(),
+        "modelspec.prediction_type": _PREDICTION_TYPES[prediction_type],
+    }
+    for optional in ("noise_offset", "min_snr_gamma"):  # only if the config grows these options
+        if hasattr(config, optional):
+            meta[f"ss_{optional}"] = getattr(config, optional)
+    if training_comment:
+        meta["modelspec.description"] = training_comment
+    return {key: value if isinstance(value, str) else str(value) for key, value in meta.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# file I/O
+
+
+def _temp_path(path: Path) -> Path:
+    # Hidden, same directory (so os.replace is atomic), never matching the epoch-file pattern.
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_safetensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write the file and flush it to disk (the seam the tests break to simulate a failed write)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename durable; not possible on every platform (Windows), so best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors LoRA atomically: temp file in the same folder, fsync, ``os.replace``.
+
+    On any failure, Ctrl-C included, the temp file is removed and whatever was at ``path``
+    before is left untouched: never a partial file at ``path``.
+    """
+    path = Path(path)
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise StyleLoRAError(f"LoRA metadata values must be text; not text: {', '.join(map(str, bad))}.")
+    if not tensors:
+        raise StyleLoRAError(f"Refusing to write {path}: the LoRA has no tensors.")
+    # safetensors needs contiguous, non-aliasing CPU-serialisable tensors.
+    prepared = {k: v.detach().contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        _write_safetensors(tmp, prepared, dict(metadata))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise StyleLoRAError(f"{path} is not a safetensors file (too short). Re-save or delete it.")
+            (length,) = struct.unpack("<Q", head)
+            size = os.fstat(fh.fileno()).st_size
+            if length == 0 or length > min(_MAX_HEADER_BYTES, size - 8):
+                raise StyleLoRAError(f"{path} is not a valid safetensors file (bad header length).")
+            raw = fh.read(length)
+    except FileNotFoundError:
+        raise StyleLoRAError(f"LoRA file not found: {path}.") from None
+    except IsADirectoryError:
+        raise StyleLoRAError(f"{path} is a folder, not a LoRA file.") from None
+    except OSError as exc:
+        raise StyleLoRAError(f"Cannot read {path}: {exc}.") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StyleLoRAError(f"{path} is not a valid safetensors file (corrupt header).") from None
+    if not isinstance(header, dict):
+        raise StyleLoRAError(f"{path} is not a valid safetensors file (header is not a table).")
+    return header
+
+
+def read_lora_metadata(path: Path) -> dict[str, str]:
+    """The file's ``__metadata__`` (``ss_*``, ``modelspec.*``) from the header only: no tensors read."""
+    path = Path(path)
+    meta = _read_header(path).get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise StyleLoRAError(f"{path} has malformed safetensors metadata (values must be text).")
+    return dict(meta)
+
+
+def _check_kohya_keys(path: Path, keys: list[str]) -> None:
+    if not keys:
+        raise StyleLoRAError(f"{path} holds no tensors; it is not a LoRA.")
+    foreign = [k for k in keys if not k.startswith("lora_") or not k.endswith(_KOHYA_SUFFIXES)]
+    if foreign or not any(k.endswith(".lora_down.weight") for k in keys):
+        example = foreign[0] if foreign else keys[0]
+        raise StyleLoRAError(
+            f"{path} is not a kohya-format LoRA (unexpected tensor {example!r}); "
+            "expected lora_unet_*.lora_down/.lora_up/.alpha keys."
+        )
+
+
+def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a kohya-format LoRA; :class:`StyleLoRAError` naming the file if not."""
+    path = Path(path)
+    metadata = read_lora_metadata(path)  # also validates the header
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StyleLoRAError(f"{path} is not a readable safetensors file ({exc}). Re-save or delete it.") from exc
+    _check_kohya_keys(path, list(tensors))
+    return tensors, metadata

@@ -1,0 +1,462 @@
+"""A tiny Stable-Diffusion-shaped model built fully offline, for the demo and the tests.
+
+Nothing here downloads anything:
+
+* :func:`build_clip_tokenizer` derives OpenAI CLIP's exact BPE vocabulary from the merges file that
+  ``open-clip-torch`` ships, so token ids match the real SD tokenizer.
+* :func:`build_tiny_sd15` / :func:`build_tiny_sdxl` make random-weight models with the real
+  architectures' module layout (so LoRA key names and conditioning paths are the real ones).
+* :func:`pretrained_tiny_sd15` pretrains the SD1.5-shaped model for about two minutes on synthetic
+  shapes (VAE, then a text-conditioned UNet) and caches it, because a LoRA cannot learn a style on
+  random weights: a random VAE decodes everything to grey and a random UNet is not a denoiser.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .model_bundle import DiffusersSD
+from .synthetic_data import make_base_corpus
+
+CACHE_VERSION = 1
+MARKER_FILE = "tiny_model.json"
+TOKENIZER_DIRNAME = "clip_tokenizer"
+IMAGE_SIZE = 32  # 16x16 latents: big enough for the style's hatching and outlines (measured)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode table (same order as open_clip's)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _open_clip_bpe_path() -> Path:
+    # find_spec locates the package without importing it: open_clip's __init__ needs torchvision,
+    # which a --no-deps install (the recommended one) does not have.
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "The tiny offline model needs the CLIP BPE file from open-clip-torch. "
+            "Install it without its heavy dependencies: pip install --no-deps open-clip-torch"
+        )
+    for loc in spec.submodule_search_locations:
+        path = Path(loc) / "bpe_simple_vocab_16e6.txt.gz"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        "open-clip-torch is installed but bpe_simple_vocab_16e6.txt.gz is missing; reinstall it with "
+        "pip install --no-deps --force-reinstall open-clip-torch"
+    )
+
+
+def _write_clip_vocab(target: Path) -> None:
+    """Write vocab.json + merges.txt exactly as OpenAI CLIP's (49408 tokens)."""
+    lines = gzip.open(_open_clip_bpe_path()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # 48894 merges, as open_clip's SimpleTokenizer uses
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8"
+    )
+    (target / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def build_clip_tokenizer(cache_dir: Path) -> Any:
+    """OpenAI CLIP's tokenizer (ids identical to SD's), built from open_clip's BPE file, cached once.
+
+    Returns a ``transformers.CLIPTokenizer`` with ``model_max_length=77``.
+    """
+    from transformers import CLIPTokenizer
+
+    target = Path(cache_dir) / TOKENIZER_DIRNAME
+    if not ((target / "vocab.json").is_file() and (target / "merges.txt").is_file()):
+        # Write into a sibling temp dir and rename, so a concurrent/interrupted run never sees half files.
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".clip_tokenizer-", dir=cache_dir))
+        try:
+            _write_clip_vocab(tmp)
+            try:
+                tmp.rename(target)
+            except OSError:
+                if not (target / "vocab.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    # transformers 5 ignores vocab_file=/merges_file= kwargs (silently giving a 3-token tokenizer);
+    # from_pretrained(dir) reads them, but defaults model_max_length to 1e30, hence 77.
+    return CLIPTokenizer.from_pretrained(str(target), model_max_length=77, local_files_only=True)
+
+
+# --------------------------------------------------------------------------- random-weight models
+
+
+def tiny_sd15_configs() -> dict[str, dict[str, Any]]:
+    """Configs of the tiny SD1.5-shaped model: ``unet``, ``vae``, ``text_encoder``, ``scheduler``."""
+    return {
+        "unet": dict(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            # Cross-attention at both levels: with attention only at 8x8 a LoRA barely moves the
+            # output (3-11 % vs 10-23 % style effect in the feasibility study).
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+        ),
+        "vae": dict(
+            sample_size=IMAGE_SIZE,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        ),
+        "text_encoder": dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            prediction_type="epsilon",
+            clip_sample=False,
+            steps_offset=1,
+        ),
+    }
+
+
+def _ddpm(cfg: dict[str, Any]) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**cfg)
+
+
+def build_tiny_sd15(tokenizer: Any, seed: int = 0) -> DiffusersSD:
+    """A random-weight SD1.5-shaped model (~3 M parameters)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = tiny_sd15_configs()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    return DiffusersSD(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        noise_scheduler=_ddpm(cfg["scheduler"]), arch="sd15", name="tiny-sd15",
+    )
+
+
+def build_tiny_sdxl(tokenizer: Any, seed: int = 0) -> DiffusersSD:
+    """A random-weight model in SDXL's shape: two text encoders, pooled + size ("text_time") conditioning.
+
+    Like SDXL: ``layers_per_block=2``, no attention in the first level, linear projections,
+    cross-attention over both encoders' penultimate hidden states concatenated (32 + 32 = 64) and
+    added embeddings from encoder 2's projected pooled output (32) + 6 time ids x 8.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = tiny_sd15_configs()
+    te_cfg = dict(cfg["text_encoder"])
+    time_dim, pooled_dim = 8, 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim,
+    )
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg, projection_dim=pooled_dim))
+    return DiffusersSD(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        noise_scheduler=_ddpm(cfg["scheduler"]), arch="sdxl",
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, name="tiny-sdxl",
+    )
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[tiny-sd15] {msg}", file=sys.stderr, flush=True)
+
+
+def _to_tensor(images: list[Any]) -> torch.Tensor:
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    # Linear warm-up then cosine decay: converges much faster than a constant rate in few steps.
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _train_vae(vae: Any, pixels: torch.Tensor, steps: int, batch: int, gen: torch.Generator,
+               progress: bool) -> float:
+    """Train the VAE as a deterministic autoencoder (posterior mean in, reconstruction out)."""
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    loss_val = float("nan")
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, 2e-3, max(1, steps // 20))
+        idx = torch.randint(0, pixels.shape[0], (batch,), generator=gen)
+        x = pixels[idx]
+        z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        # A weak pull toward small latents keeps the latent scale sane without a sampled KL term.
+        loss = torch.nn.functional.mse_loss(rec, x) + 1e-4 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_val = float(loss)
+        if progress and (step + 1) % max(1, steps // 4) == 0:
+            _log(progress, f"VAE step {step + 1}/{steps} loss {loss_val:.4f}")
+    vae.eval()
+    return loss_val
+
+
+def _fix_vae_posterior(vae: Any, pixels: torch.Tensor) -> float:
+    """Make ``latent_dist.sample()`` equal the mean and set ``scaling_factor`` to unit latent std.
+
+    A briefly trained VAE's posterior std is ~1, so ``sample()`` would train the UNet on noise.
+    """
+    with torch.no_grad():
+        vae.quant_conv.weight[4:] = 0.0
+        vae.quant_conv.bias[4:] = -30.0  # logvar -30 -> std ~3e-7
+        means = torch.cat([vae.encode(pixels[i : i + 64]).latent_dist.mean for i in range(0, len(pixels), 64)])
+    scale = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scale)  # registered so it survives save/load
+    return scale
+
+
+@torch.no_grad()
+def _encode_text(text_encoder: Any, tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return torch.cat([text_encoder(ids[i : i + 64])[0] for i in range(0, len(ids), 64)])
+
+
+@torch.no_grad()
+def _eval_loss(unet: Any, sched: Any, latents: torch.Tensor, cond: torch.Tensor,
+               noise: torch.Tensor, timesteps: torch.Tensor) -> float:
+    """Epsilon MSE on held-out latents with fixed noise and timesteps (comparable across calls)."""
+    unet.eval()
+    noisy = sched.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+    return float(torch.nn.functional.mse_loss(pred, noise))
+
+
+def _train_unet(unet: Any, sched: Any, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                steps: int, batch: int, gen: torch.Generator, progress: bool) -> float:
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.01)
+    n_t = sched.config.num_train_timesteps
+    loss_val = float("nan")
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, 2e-3, max(1, steps // 20))
+        idx = torch.randint(0, latents.shape[0], (batch,), generator=gen)
+        x0 = latents[idx]
+        c = cond[idx].clone()
+        # 10 % empty-caption dropout: gives the model an unconditional mode, so CFG works.
+        drop = torch.rand(batch, generator=gen) < 0.1
+        c[drop] = uncond
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, n_t, (batch,), generator=gen)
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=c).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        loss_val = float(loss)
+        if progress and (step + 1) % max(1, steps // 6) == 0:
+            _log(progress, f"UNet step {step + 1}/{steps} loss {loss_val:.4f}")
+    unet.eval()
+    return loss_val
+
+
+def pretrain_tiny_sd15(model: DiffusersSD, *, steps_scale: float = 1.0, seed: int = 0,
+                       progress: bool = True) -> dict[str, float]:
+    """Pretrain ``model`` (from :func:`build_tiny_sd15`) in place; return measurements.
+
+    The text encoder stays random and frozen. Why: its random token embeddings already make every
+    caption's hidden states distinct, the UNet learns to read them (eval loss with matching captions
+    is clearly below that with shuffled ones), and the trainer later uses the encoder frozen too, so
+    the base the LoRA sees is exactly what was pretrained. Training it jointly cost time for no
+    measurable gain.
+    """
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae_steps = max(1, round(300 * steps_scale))
+    unet_steps = max(1, round(700 * steps_scale))
+    n_train = 512 if steps_scale >= 0.5 else 64
+
+    train = make_base_corpus(n_train, IMAGE_SIZE, seed=seed)
+    held = make_base_corpus(64, IMAGE_SIZE, seed=seed + 1000)
+    pixels = _to_tensor([im for im, _ in train])
+    held_pixels = _to_tensor([im for im, _ in held])
+
+    model.vae.requires_grad_(True)
+    vae_loss = _train_vae(model.vae, pixels, vae_steps, 16, gen, progress)
+    scale = _fix_vae_posterior(model.vae, pixels)
+    model.vae.requires_grad_(False)
+    with torch.no_grad():
+        rec = model.vae.decode(model.vae.encode(held_pixels).latent_dist.mean).sample
+        vae_eval = float(torch.nn.functional.mse_loss(rec, held_pixels))
+        latents = model.vae.encode(pixels).latent_dist.mean * scale
+        held_latents = model.vae.encode(held_pixels).latent_dist.mean * scale
+    t_vae = time.perf_counter() - t0
+    _log(progress, f"VAE done in {t_vae:.0f}s: held-out recon MSE {vae_eval:.4f}, scaling_factor {scale:.3f}")
+
+    te, tok, unet, sched = model.text_encoder, model.tokenizer, model.unet, model.noise_scheduler
+    te.requires_grad_(False).eval()
+    cond = _encode_text(te, tok, [c for _, c in train])
+    held_cond = _encode_text(te, tok, [c for _, c in held])
+    uncond = _encode_text(te, tok, [""])[0]
+
+    eg = torch.Generator().manual_seed(seed + 1)
+    e_noise = torch.randn(held_latents.shape, generator=eg)
+    e_t = torch.linspace(50, 950, held_latents.shape[0]).long()
+    before = _eval_loss(unet, sched, held_latents, held_cond, e_noise, e_t)
+    unet.requires_grad_(True)
+    _train_unet(unet, sched, latents, cond, uncond, unet_steps, 16, gen, progress)
+    unet.requires_grad_(False)
+    after = _eval_loss(unet, sched, held_latents, held_cond, e_noise, e_t)
+    shuffled = _eval_loss(unet, sched, held_latents, held_cond.roll(1, 0), e_noise, e_t)
+    stats = {
+        "vae_steps": vae_steps, "unet_steps": unet_steps, "vae_recon_mse": vae_eval,
+        "vae_train_loss": vae_loss, "scaling_factor": scale, "eval_loss_before": before,
+        "eval_loss_after": after, "eval_loss_shuffled_captions": shuffled,
+        "vae_seconds": t_vae, "seconds": time.perf_counter() - t0,
+    }
+    _log(progress, f"UNet eval loss {before:.4f} -> {after:.4f} (shuffled captions {shuffled:.4f}); "
+                   f"total {stats['seconds']:.0f}s")
+    return stats
+
+
+def _cache_name(steps_scale: float) -> str:
+    return f"tiny-sd15-v{CACHE_VERSION}" + ("" if steps_scale == 1.0 else f"-scale{steps_scale:g}")
+
+
+def _load_cached(path: Path) -> DiffusersSD:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw: dict[str, Any] = {"local_files_only": True}
+    unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), **kw).eval()
+    vae = AutoencoderKL.from_pretrained(str(path / "vae"), **kw).eval()
+    te = CLIPTextModel.from_pretrained(str(path / "text_encoder"), **kw).eval()
+    tok = CLIPTokenizer.from_pretrained(str(path / "tokenizer"), model_max_length=77, **kw)
+    sched = DDPMScheduler.from_pretrained(str(path / "scheduler"), **kw)
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+    return DiffusersSD(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, noise_scheduler=sched,
+                       arch="sd15", name=path.name)
+
+
+def _marker_ok(path: Path) -> bool:
+    try:
+        return json.loads((path / MARKER_FILE).read_text(encoding="utf-8")).get("version") == CACHE_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def pretrained_tiny_sd15(cache_dir: Path, *, progress: bool = True, steps_scale: float = 1.0) -> DiffusersSD:
+    """The tiny SD1.5 model, pretrained once (~2 min on 2 CPU cores) and cached under ``cache_dir``.
+
+    The first call builds ``cache_dir/"tiny-sd15-v1"`` deterministically (fixed seeds); later calls
+    load it (< 2 s, ``local_files_only``). ``steps_scale`` < 1 trains a shorter, weaker model in its
+    own cache folder (for fast tests).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    cache_dir = Path(cache_dir)
+    target = cache_dir / _cache_name(steps_scale)
+    if _marker_ok(target):
+        return _load_cached(target)
+
+    tokenizer = build_clip_tokenizer(cache_dir)
+    model = build_tiny_sd15(tokenizer, seed=0)
+    _log(progress, f"building {target} (one-off pretraining, about 2 minutes) ...")
+    stats = pretrain_tiny_sd15(model, steps_scale=steps_scale, progress=progress)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+    try:
+        pipe = StableDiffusionPipeline(
+            unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=tokenizer,
+            scheduler=model.noise_scheduler, safety_checker=None, feature_extractor=None,
+            image_encoder=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        marker = {"version": CACHE_VERSION, "steps_scale": steps_scale, **stats}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+        if target.exists() and not _marker_ok(target):
+            shutil.rmtree(target)  # a stale/foreign folder without a valid marker
+        try:
+            os.rename(tmp, target)  # atomic: readers see either nothing or a complete cache
+        except OSError:
+            if not _marker_ok(target):  # lost a race only if the winner's cache is complete
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load_cached(target)

@@ -1,0 +1,335 @@
+"""The training loop: one readable loop in the manner of diffusers' training examples.
+
+Per run: cache latents, inject LoRA (peft) into the backend's U-Net, then for each epoch go
+through every image ``repeats`` times in bucket-sized batches, shuffling captions per step.
+After each epoch the LoRA is written as its own kohya-format file (atomically) and the resume
+state is saved, so a crash or Stop keeps every finished epoch and a re-run continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraModel
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from .atomic import atomic_write_text
+from .backend import SampleGeometry, TrainingBackend, crop_geometry
+from .captions import tag_frequency
+from .config import TrainConfig, fingerprint
+from .dataset import Dataset
+from .errors import StyleLoRAError, TrainingStopped
+from .images import open_image_rgb, prepare_image
+from .lora_file import build_metadata, epoch_file_name, list_epoch_files, save_lora_file
+from .lora_keys import find_lora_targets, peft_to_kohya
+from .optimizers import build_optimizer, describe_optimizer, effective_lr
+from .resume_state import ResumeState, load_resume_state, save_resume_state
+from .schedules import build_lr_scheduler
+from .shuffle import ShuffleSettings, shuffle_caption
+
+ADAPTER = "style_lora"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    epoch: int
+    num_epochs: int
+    step_in_epoch: int
+    steps_per_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float
+    lr: float
+    dlr: float
+    seconds_per_step: float
+
+    @property
+    def eta_seconds(self) -> float:
+        return (self.total_steps - self.global_step) * self.seconds_per_step
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    epoch: int
+    num_epochs: int
+    global_step: int
+    path: Path
+    mean_loss: float
+
+
+@dataclass
+class TrainCallbacks:
+    """Hooks for progress and cancellation; any exception raised by a hook stops training cleanly."""
+
+    on_step: Callable[[StepInfo], None] | None = None
+    on_epoch: Callable[[EpochInfo], None] | None = None
+    on_message: Callable[[str], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    output_name: str
+    arch: str
+    config: TrainConfig
+    epoch_files: dict[int, Path]
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    dlrs: list[float] = field(default_factory=list)
+    epoch_end_steps: list[int] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    steps_per_epoch: int = 0
+
+
+def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on GPUs that have it, fp16 on older GPUs and fp32 on CPU."""
+    if mixed_precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def plan_epoch(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches (lists of item indices) for one epoch: every image ``repeats`` times, one bucket per
+    batch (kohya's rule), order reproducible from (seed, epoch) without saved RNG state."""
+    rng = random.Random(_epoch_seed(seed, epoch))
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(dataset.items):
+        by_bucket.setdefault(item.bucket, []).extend([index] * dataset.repeats)
+    batches: list[list[int]] = []
+    for bucket in sorted(by_bucket):
+        indices = by_bucket[bucket]
+        rng.shuffle(indices)
+        batches.extend(indices[i : i + batch_size] for i in range(0, len(indices), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
+    return sum(math.ceil(n * dataset.repeats / batch_size) for n in dataset.bucket_counts().values())
+
+
+def run_fingerprint(backend: TrainingBackend, dataset: Dataset, config: TrainConfig, output_name: str) -> str:
+    """Identifies a run: same model, dataset, captions, shuffle and options → same run folder."""
+    items = [
+        (item.image_path.name, item.pixel_hash, item.caption, list(item.bucket)) for item in dataset.items
+    ]
+    shuffle = dataset.shuffle.__dict__ if dataset.shuffle else None
+    return fingerprint(config.to_json_dict(), items, dataset.repeats, dataset.resolution, shuffle,
+                       backend.arch, backend.model_name, output_name)
+
+
+class _LatentSource:
+    """Latents per item: encoded once up front (cache) or on demand each step."""
+
+    def __init__(self, backend: TrainingBackend, dataset: Dataset, cache: bool, on_message) -> None:
+        self.backend, self.dataset, self.cache = backend, dataset, cache
+        self._cached: dict[int, torch.Tensor] = {}
+        if cache:
+            if on_message:
+                on_message(f"Caching latents of {len(dataset.items)} images")
+            for indices in self._by_bucket().values():
+                for start in range(0, len(indices), 8):
+                    chunk = indices[start : start + 8]
+                    latents = backend.encode_images(torch.stack([self._pixels(i) for i in chunk]))
+                    self._cached.update(zip(chunk, latents, strict=True))
+
+    def _by_bucket(self) -> dict[tuple[int, int], list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(self.dataset.items):
+            groups.setdefault(item.bucket, []).append(index)
+        return groups
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        item = self.dataset.items[index]
+        return prepare_image(open_image_rgb(item.image_path), *item.bucket)
+
+    def batch(self, indices: list[int]) -> torch.Tensor:
+        if self.cache:
+            return torch.stack([self._cached[i] for i in indices])
+        return self.backend.encode_images(torch.stack([self._pixels(i) for i in indices]))
+
+
+def train_lora(
+    backend: TrainingBackend,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    runs_root: Path,
+    output_name: str,
+    callbacks: TrainCallbacks | None = None,
+    training_comment: str = "",
+) -> TrainResult:
+    """Train (or resume) a run; every finished epoch is a file in the run folder."""
+    config.validate()
+    callbacks = callbacks or TrainCallbacks()
+    say = callbacks.on_message or (lambda _msg: None)
+    run_id = run_fingerprint(backend, dataset, config, output_name)
+    run_dir = Path(runs_root) / f"{output_name}-{run_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(
+        {"output_name": output_name, "arch": backend.arch, "model": backend.model_name,
+         "config": config.to_json_dict(), "dataset": dataset.summary()}, indent=2, default=str))
+
+    spe = steps_per_epoch(dataset, config.batch_size)
+    total_steps = spe * config.epochs
+    result = TrainResult(run_dir, output_name, backend.arch, config, {}, steps_per_epoch=spe)
+    resume = load_resume_state(run_dir, run_id)
+    existing = list_epoch_files(run_dir, output_name)
+    if resume is not None:
+        result.resumed_from_epoch = resume.epoch
+        result.losses = list(resume.history.get("losses", []))
+        result.lrs = list(resume.history.get("lrs", []))
+        result.dlrs = list(resume.history.get("dlrs", []))
+        result.epoch_end_steps = list(resume.history.get("epoch_end_steps", []))
+        result.epoch_files = {e: p for e, p in existing.items() if e <= resume.epoch}
+        if resume.epoch >= config.epochs:
+            say(f"All {config.epochs} epochs already trained in {run_dir}; nothing to do.")
+            return result
+        say(f"Resuming from epoch {resume.epoch} of {config.epochs} ({run_dir}).")
+
+    dtype = resolve_dtype(config.mixed_precision, backend.device)
+    shuffle = dataset.shuffle or ShuffleSettings(enabled=False)
+    unet = backend.lora_module()
+    targets = find_lora_targets(unet)
+    if not targets:
+        raise StyleLoRAError("No attention/projection layers found in the U-Net to attach LoRA to.")
+
+    backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
+    lora_model = None
+    try:
+        latents = _LatentSource(backend, dataset, config.cache_latents, say)
+        torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
+        lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets,
+                                 init_lora_weights=True, lora_dropout=0.0)
+        lora_model = LoraModel(unet, lora_config, ADAPTER)
+        lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
+        for p in lora_params:
+            p.data = p.data.float()  # train LoRA weights in fp32 whatever the U-Net dtype
+            p.requires_grad_(True)
+        optimizer = build_optimizer(lora_params, config)
+        scheduler = build_lr_scheduler(optimizer, config.lr_scheduler,
+                                       warmup_steps=config.lr_warmup_steps, total_steps=total_steps)
+        noise_rng = torch.Generator().manual_seed(config.seed)
+        global_step, start_epoch = 0, 1
+        if resume is not None:
+            set_peft_model_state_dict(unet, resume.lora, adapter_name=ADAPTER)
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            noise_rng.set_state(resume.noise_rng)
+            global_step, start_epoch = resume.global_step, resume.epoch + 1
+        scaler = torch.amp.GradScaler(backend.device.type) if dtype == torch.float16 else None
+
+        session_id = uuid.uuid4().hex
+        started_at = time.time()
+        step_timer = time.perf_counter()
+        per_step = 0.0
+        for epoch in range(start_epoch, config.epochs + 1):
+            epoch_losses: list[float] = []
+            for step_in_epoch, batch in enumerate(plan_epoch(dataset, config.batch_size, config.seed, epoch), 1):
+                items = [dataset.items[i] for i in batch]
+                captions = [shuffle_caption(item.caption, shuffle, global_step, i)
+                            for item, i in zip(items, batch, strict=True)]
+                geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
+                loss = backend.loss(latents.batch(batch), captions, geometry, noise_rng)
+                if not torch.isfinite(loss):
+                    raise TrainingStopped(
+                        f"The loss became {loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
+                        f"1-{epoch - 1} are saved in {run_dir}. Fixes: use constant LR with warmup "
+                        f"(e.g. 5% of steps), lower the learning rate, or train in fp32/bf16 instead of fp16."
+                    )
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                lr, dlr = effective_lr(optimizer)
+                value = float(loss.detach())
+                epoch_losses.append(value)
+                result.losses.append(value)
+                result.lrs.append(lr)
+                result.dlrs.append(dlr)
+                now = time.perf_counter()
+                elapsed, step_timer = now - step_timer, now
+                per_step = elapsed if per_step == 0 else 0.9 * per_step + 0.1 * elapsed
+                if callbacks.on_step:
+                    callbacks.on_step(StepInfo(epoch, config.epochs, step_in_epoch, spe, global_step,
+                                               total_steps, value, lr, dlr, per_step))
+
+            result.epoch_end_steps.append(global_step)
+            peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+            path = run_dir / epoch_file_name(output_name, epoch)
+            save_lora_file(path, _kohya_tensors(peft_state, backend, config),
+                           _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
+                                     training_comment, session_id, started_at))
+            save_resume_state(run_dir, ResumeState(
+                fingerprint=run_id, epoch=epoch, global_step=global_step, lora=peft_state,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                noise_rng=noise_rng.get_state(),
+                history={"losses": result.losses, "lrs": result.lrs, "dlrs": result.dlrs,
+                         "epoch_end_steps": result.epoch_end_steps},
+            ))
+            result.epoch_files[epoch] = path
+            mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+            say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f})")
+            if callbacks.on_epoch:
+                callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss))
+    except torch.OutOfMemoryError as exc:
+        raise StyleLoRAError(
+            f"Out of memory while training ({exc}). Finished epochs are kept in {run_dir}. Try, in "
+            "order: enable gradient checkpointing, keep latent caching on, lower the resolution, lower "
+            "the rank (the guide: SD1.5 32/16, SDXL 64/32 or less), use AdamW8bit, or batch size 1."
+        ) from exc
+    finally:
+        if lora_model is not None:
+            lora_model.unload()  # put the original layers back: the user's model is unchanged
+        backend.end_training()
+    return result
+
+
+def _kohya_tensors(peft_state, backend: TrainingBackend, config: TrainConfig) -> dict[str, torch.Tensor]:
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.save_precision]
+    return peft_to_kohya(peft_state, alpha=config.alpha, arch=backend.arch,
+                         layers_per_block=backend.layers_per_block, source_naming=backend.naming, dtype=dtype)
+
+
+def _metadata(backend, dataset: Dataset, config: TrainConfig, shuffle: ShuffleSettings, output_name: str,
+              epoch: int, steps: int, spe: int, comment: str, session_id: str, started_at: float) -> dict:
+    folder = dataset.folder.name
+    res = dataset.resolution
+    return build_metadata(
+        config=config, arch=backend.arch, output_name=output_name, epoch=epoch, num_epochs=config.epochs,
+        steps=steps, num_batches_per_epoch=spe, num_train_images=dataset.num_train_images(),
+        dataset_dirs={f"{dataset.repeats}_{folder}": {"n_repeats": dataset.repeats,
+                                                      "img_count": len(dataset.items)}},
+        tag_frequency={f"{dataset.repeats}_{folder}": tag_frequency(dataset, shuffle.separator)},
+        bucket_info={"buckets": {f"{w}x{h}": n for (w, h), n in dataset.bucket_counts().items()}},
+        shuffle_caption=shuffle.enabled, keep_tokens=shuffle.keep_tokens, caption_separator=shuffle.separator,
+        resolution=(res, res), optimizer_repr=describe_optimizer(config), base_model_name=backend.model_name,
+        training_comment=comment, session_id=session_id, started_at=started_at, seed=config.seed,
+    )

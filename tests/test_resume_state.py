@@ -1,0 +1,82 @@
+import json
+
+import torch
+
+from style_lora_trainer.style_lora_engine.config import TrainConfig
+from style_lora_trainer.style_lora_engine.optimizers import build_optimizer
+from style_lora_trainer.style_lora_engine.resume_state import (
+    STATE_FILE,
+    TENSORS_FILE,
+    ResumeState,
+    load_resume_state,
+    save_resume_state,
+)
+from style_lora_trainer.style_lora_engine.schedules import build_lr_scheduler
+
+
+def _trained_optimizer():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = build_optimizer(params, TrainConfig())
+    sched = build_lr_scheduler(opt, "cosine", warmup_steps=2, total_steps=20)
+    for _ in range(5):
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return params, opt, sched
+
+
+def _state(opt, sched, epoch=3):
+    rng = torch.Generator().manual_seed(5)
+    torch.randn(4, generator=rng)
+    return ResumeState(fingerprint="abc", epoch=epoch, global_step=15,
+                       lora={"a.lora_A.weight": torch.ones(2, 3)}, optimizer=opt.state_dict(),
+                       scheduler=sched.state_dict(), noise_rng=rng.get_state(),
+                       history={"losses": [0.5, float("nan")]})
+
+
+def test_round_trip_restores_optimizer_scheduler_and_rng(tmp_path):
+    params, opt, sched = _trained_optimizer()
+    state = _state(opt, sched)
+    save_resume_state(tmp_path, state)
+    assert not any(p.suffix == ".tmp" or ".tmp-" in p.name for p in tmp_path.iterdir())
+    loaded = load_resume_state(tmp_path, "abc")
+    assert loaded is not None and loaded.epoch == 3 and loaded.global_step == 15
+    assert torch.equal(loaded.lora["a.lora_A.weight"], torch.ones(2, 3))
+    assert loaded.history["losses"][0] == 0.5
+
+    # A fresh optimizer given the loaded state continues exactly like the original.
+    params2 = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = build_optimizer(params2, TrainConfig())
+    sched2 = build_lr_scheduler(opt2, "cosine", warmup_steps=2, total_steps=20)
+    opt2.load_state_dict(loaded.optimizer)
+    sched2.load_state_dict(loaded.scheduler)
+    for o, s, ps in ((opt, sched, params), (opt2, sched2, params2)):
+        sum((p**2).sum() for p in ps).backward()
+        o.step()
+        s.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, params2))
+    assert opt.param_groups[0]["d"] == opt2.param_groups[0]["d"]
+    rng = torch.Generator()
+    rng.set_state(loaded.noise_rng)
+    expected = torch.Generator().manual_seed(5)
+    torch.randn(4, generator=expected)
+    assert torch.equal(torch.randn(3, generator=rng), torch.randn(3, generator=expected))
+    # No pickle: the state is JSON plus safetensors.
+    json.loads((tmp_path / STATE_FILE).read_text())
+
+
+def test_other_fingerprint_or_torn_pair_is_ignored(tmp_path):
+    _, opt, sched = _trained_optimizer()
+    save_resume_state(tmp_path, _state(opt, sched, epoch=3))
+    assert load_resume_state(tmp_path, "other") is None
+    # Simulate a crash after the tensors of epoch 4 were written but before its JSON.
+    tensors = (tmp_path / TENSORS_FILE).read_bytes()
+    save_resume_state(tmp_path, _state(opt, sched, epoch=4))
+    (tmp_path / STATE_FILE).write_text((tmp_path / STATE_FILE).read_text().replace('"epoch": 4', '"epoch": 3'))
+    assert load_resume_state(tmp_path, "abc") is None
+    (tmp_path / TENSORS_FILE).write_bytes(tensors)
+    assert load_resume_state(tmp_path, "abc").epoch == 3
+    (tmp_path / STATE_FILE).write_text("{not json")
+    assert load_resume_state(tmp_path, "abc") is None
