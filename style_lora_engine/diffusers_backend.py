@@ -29,7 +29,7 @@ class DiffusersBackend:
         self._saved = {
             "device": next(unet.parameters()).device,
             "training": unet.training,
-            "grad_ckpt": bool(getattr(unet, "gradient_checkpointing", False)),
+            "grad_ckpt": bool(unet.is_gradient_checkpointing),
             "requires_grad": {n: p.requires_grad for n, p in unet.named_parameters()},
         }
         unet.requires_grad_(False)
@@ -46,7 +46,7 @@ class DiffusersBackend:
         if self._saved is None:
             return
         unet = self.model.unet
-        if not self._saved["grad_ckpt"] and getattr(unet, "gradient_checkpointing", False):
+        if not self._saved["grad_ckpt"] and unet.is_gradient_checkpointing:
             unet.disable_gradient_checkpointing()
         unet.train(self._saved["training"])
         for name, param in unet.named_parameters():
