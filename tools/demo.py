@@ -1,0 +1,124 @@
+"""The whole guide, end to end, headless, on the embedded tiny model and a synthetic style dataset.
+
+LoadDataset → CaptionEditor → ShuffleCaption → TrainLoRA → SaveEpochs → EpochWeightGrid, called
+through the very node functions ComfyUI calls, with the guide's settings: 10 repeats, 20 epochs,
+DAdapt-AdamW at lr 1.0, shuffled captions with the first part kept. Writes ``demo_output/``.
+
+Run with ``make demo`` (or ``.venv/bin/python tools/demo.py --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pack_loader import load_pack  # noqa: E402
+
+GRID_PROMPTS = [
+    "painting of a large star beside a small circle, plain backdrop",
+    "painting of a square above a triangle, simple backdrop",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "demo_output", help="output folder")
+    p.add_argument("--cache", type=Path, default=ROOT / ".cache", help="where the tiny model is cached")
+    p.add_argument("--images", type=int, default=30, help="dataset size (the guide: 30-100)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--grid-steps", type=int, default=20)
+    p.add_argument("--weights", default="0, 0.6, 0.8, 1.0", help="grid columns (0 = base model)")
+    p.add_argument("--fresh", action="store_true", help="delete earlier demo output first (no resume)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out: Path = args.out.resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # The nodes' folders outside ComfyUI: datasets under out/, LoRAs in out/loras, runs in out/.
+    os.environ["STYLE_LORA_DATASET_ROOTS"] = str(out)
+    os.environ["STYLE_LORA_LORAS_DIR"] = str(out / "loras")
+    os.environ["STYLE_LORA_OUTPUT_DIR"] = str(out)
+
+    import torch
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    load_pack()
+    from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
+    from style_lora_trainer.style_lora_engine.grid import comfy_image_to_pil
+    from style_lora_trainer.style_lora_engine.synthetic_data import make_style_dataset
+    from style_lora_trainer.style_lora_engine.tiny_model import IMAGE_SIZE, pretrained_tiny_sd15
+
+    started = time.perf_counter()
+    print("[1/7] tiny SD-style model (built and pretrained once, then cached)")
+    model = pretrained_tiny_sd15(args.cache, progress=True)
+
+    print(f"[2/7] synthetic style dataset: {args.images} images with detailed captions")
+    make_style_dataset(out / "dataset", count=args.images, size=2 * IMAGE_SIZE, seed=0)
+
+    print("[3/7] LoadDataset: repeats, buckets, lint against the guide")
+    dataset, lint = NODES["StyleLoRALoadDataset"]().load(
+        folder="dataset", caption_extension=".txt", repeats=args.repeats, resolution=IMAGE_SIZE,
+        enable_bucket=True, min_bucket_size=IMAGE_SIZE, max_bucket_size=2 * IMAGE_SIZE, bucket_step=IMAGE_SIZE // 2,
+        bucket_no_upscale=False, skip_unreadable=False, clip=model)
+    (out / "lint_report.txt").write_text(lint + "\n", encoding="utf-8")
+    print(lint)
+
+    print("[4/7] CaptionEditor + ShuffleCaption (first part stays in place)")
+    dataset, captions = NODES["StyleLoRACaptionEditor"]().edit(
+        dataset=[dataset], prefix=[""], suffix=[""], find=[""], replace=[""], write_back=[False], edits=["{}"])
+    (out / "captions.txt").write_text(captions + "\n", encoding="utf-8")
+    dataset, preview = NODES["StyleLoRAShuffleCaption"]().configure(
+        dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=3)
+    (out / "shuffle_preview.txt").write_text(preview + "\n", encoding="utf-8")
+    print(preview)
+
+    print(f"[5/7] TrainLoRA: rank {args.rank}/alpha {args.alpha:g}, DAdaptAdamW lr 1.0, {args.epochs} epochs")
+    trained = NODES["StyleLoRATrain"]().train(
+        model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
+        output_name="demo_style", rank=args.rank, alpha=args.alpha, optimizer="DAdaptAdamW", learning_rate=1.0,
+        lr_scheduler="constant", lr_warmup_steps=0, epochs=args.epochs, batch_size=args.batch_size, seed=0,
+        mixed_precision="auto", gradient_checkpointing=False, cache_latents=True,
+        training_comment="Style LoRA Trainer demo on the embedded tiny model")
+    run, loss_plot, summary = trained["result"]
+    comfy_image_to_pil(loss_plot)[0].save(out / "loss.png")
+    (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    print(summary)
+
+    print("[6/7] SaveEpochs: every epoch into loras/")
+    epochs, names = NODES["StyleLoRASaveEpochs"]().save(
+        run=run, name="demo_style", save="all", n=1, subfolder="", overwrite=True)["result"]
+    print(f"saved {len(epochs.files)} files: {epochs.files[0].path.name} ... {epochs.files[-1].path.name}")
+
+    print("[7/7] EpochWeightGrid: epochs × LoRA weights")
+    (grid,) = NODES["StyleLoRAEpochWeightGrid"]().render(
+        model=model, clip=model, vae=model, prompts="\n".join(GRID_PROMPTS), negative="", weights=args.weights,
+        epochs_to_show="all", seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=1.0,
+        sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)
+    comfy_image_to_pil(grid)[0].save(out / "grid.png")
+
+    print(f"done in {time.perf_counter() - started:.0f} s → {out}")
+    for name in ("grid.png", "loss.png", "lint_report.txt", "shuffle_preview.txt", "summary.txt", "loras/"):
+        print(f"  {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
