@@ -26,6 +26,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The e2e tier: the pack inside a real ComfyUI on the CPU (see README "End-to-end tests"). Needs
+# COMFYUI_DIR (a ComfyUI checkout) and COMFYUI_PYTHON (the interpreter ComfyUI runs with), from the
+# environment or the command line; the pack's requirements are installed into that interpreter
+# first. Without them the tests report why they are skipped.
+e2e: $(STAMP)
+	@if [ -n "$(COMFYUI_DIR)" ] && [ -n "$(COMFYUI_PYTHON)" ]; then \
+		"$(COMFYUI_PYTHON)" -m pip install -q -r requirements.txt; fi
+	COMFYUI_DIR="$(COMFYUI_DIR)" COMFYUI_PYTHON="$(COMFYUI_PYTHON)" HF_HUB_OFFLINE=1 \
+		$(PY) -m pytest -v -rs -s --durations=0 tests/e2e
+
 bench: $(STAMP)
 	$(PY) bench/bench_train_step.py
 

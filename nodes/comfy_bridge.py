@@ -33,6 +33,32 @@ def _comfy(module: str) -> Any | None:
         return None
 
 
+def comfy_module(module: str) -> Any | None:
+    """A ComfyUI module (``"comfy.sample"``, ``"comfy.model_management"``, ...) or None outside ComfyUI.
+
+    The ComfyUI-specific modules of the pack (``comfy_backend``, ``comfy_preview``) get ComfyUI only
+    through this, so they import without it and tests can stand in for it.
+    """
+    return _comfy(module)
+
+
+def require_comfy_module(module: str) -> Any:
+    """Like :func:`comfy_module`, but a clear error when ComfyUI is not there."""
+    found = _comfy(module)
+    if found is None:
+        from ..style_lora_engine.errors import StyleLoRAError
+
+        raise StyleLoRAError(f"This needs ComfyUI's {module!r}, which is not importable here.")
+    return found
+
+
+def is_comfy_model(model: Any) -> bool:
+    """A ComfyUI MODEL (a ModelPatcher around a BaseModel with a ``diffusion_model``), by shape."""
+    inner = getattr(model, "model", None)
+    return (inner is not None and hasattr(inner, "diffusion_model") and hasattr(model, "clone")
+            and hasattr(model, "get_model_object"))
+
+
 def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None and _comfy("comfy.model_management") is not None
 
@@ -145,14 +171,19 @@ def _token_id(token: Any) -> int:
 
 
 def training_backend(model: Any, clip: Any, vae: Any) -> Any:
-    """The engine backend for the node's MODEL/CLIP/VAE inputs."""
+    """The engine backend for the node's MODEL/CLIP/VAE inputs: ComfyUI's objects from a Load
+    Checkpoint node, or a diffusers model bundle (demo/CLI/tests)."""
     from ..style_lora_engine.diffusers_backend import DiffusersBackend
     from ..style_lora_engine.errors import ConfigError
     from ..style_lora_engine.model_bundle import DiffusersSD
 
     if isinstance(model, DiffusersSD):
         return DiffusersBackend(model)
+    if is_comfy_model(model):
+        from .comfy_backend import ComfyBackend
+
+        return ComfyBackend(model, clip, vae)
     raise ConfigError(
-        f"Training on a {type(model).__name__} is not supported yet: connect a diffusers model bundle "
-        "(demo/CLI). Training ComfyUI's own MODEL/CLIP/VAE is the next milestone."
+        f"Cannot train a {type(model).__name__}: connect the MODEL, CLIP and VAE outputs of a Load "
+        "Checkpoint node (SD1.5 or SDXL)."
     )

@@ -69,9 +69,13 @@ def render_cells(model: Any, clip: Any, vae: Any, epoch_files: list[tuple[int, P
         from ..style_lora_engine.diffusers_preview import render_grid_cells
 
         return render_grid_cells(model, epoch_files, weights, prompts, **settings)
+    if comfy_bridge.is_comfy_model(model):
+        from .comfy_preview import render_grid_cells_comfy
+
+        return render_grid_cells_comfy(model, clip, vae, epoch_files, weights, prompts, **settings)
     raise ConfigError(
-        f"Previewing with a {type(model).__name__} is not supported yet: connect a diffusers model bundle "
-        "(demo/CLI). Sampling with ComfyUI's own MODEL is the next milestone."
+        f"Cannot render a grid with a {type(model).__name__}: connect the MODEL, CLIP and VAE outputs of a "
+        "Load Checkpoint node."
     )
 
 

@@ -23,6 +23,10 @@ class SampleGeometry:
 
 
 class TrainingBackend(Protocol):
+    """Optional attributes the trainer also reads when present: ``prediction_type`` ("epsilon" or
+    "v_prediction", for the file metadata; default "epsilon") and ``model_identity`` (a stable id of
+    the starting weights for the run fingerprint; default ``model_name``)."""
+
     arch: str  # "sd15" or "sdxl"
     model_name: str
     naming: str  # module naming of lora_module(): "diffusers" or "ldm"

@@ -18,6 +18,7 @@ class DiffusersBackend:
         self.arch = model.arch
         self.model_name = model.name
         self.layers_per_block = model.layers_per_block
+        self.prediction_type = model.prediction_type  # "epsilon" or "v_prediction" (file metadata)
         self.device = torch.device(device) if device else next(model.unet.parameters()).device
         self._saved: dict | None = None
 

@@ -239,7 +239,7 @@ def _style_sample(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     else:
         places = _place_two(rng, size)
     outline_w = max(2, size // 16)  # "thick" stays thick after resizing to 32 px
-    hatch_period = max(3, size // 8)
+    hatch_period = max(3, size // 6)  # ~5 px at 32 px: coarse enough to survive the tiny VAE
     words = []
     fills = [c for c in pal if c != backdrop]
     for cx, cy, r in places:

@@ -36,8 +36,11 @@ CACHE_VERSION = 1
 MARKER_FILE = "tiny_model.json"
 TOKENIZER_DIRNAME = "clip_tokenizer"
 IMAGE_SIZE = 32  # 16x16 latents: big enough for the style's hatching and outlines (measured)
-VAE_STEPS = 300
-UNET_STEPS = 500
+VAE_STEPS = 600
+UNET_STEPS = 800
+UNET_BATCH = 8
+HIGH_NOISE_WEIGHT_CAP = 5.0
+OFFSET_NOISE = 0.3
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -145,6 +148,9 @@ def tiny_sd15_configs() -> dict[str, dict[str, Any]]:
             block_out_channels=(32, 64),
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            # 8 groups, not 32: with 32 groups on 32 channels GroupNorm is an instance norm that
+            # erases flat colour, and the VAE learnt ~2x slower (held-out MSE 0.12 vs 0.07 at 300 steps).
+            norm_num_groups=8,
         ),
         "text_encoder": dict(
             vocab_size=49408,
@@ -253,7 +259,7 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def _train_vae(vae: Any, pixels: torch.Tensor, steps: int, batch: int, gen: torch.Generator,
-               progress: bool) -> float:
+               progress: bool, crop: int = 16) -> float:
     """Train the VAE as a deterministic autoencoder (posterior mean in, reconstruction out)."""
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
@@ -262,7 +268,10 @@ def _train_vae(vae: Any, pixels: torch.Tensor, steps: int, batch: int, gen: torc
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, 2e-3, max(1, steps // 20))
         idx = torch.randint(0, pixels.shape[0], (batch,), generator=gen)
-        x = pixels[idx]
+        # Random 16 px crops: 4x cheaper per sample than full 32 px images and, measured, just as
+        # good for full-image reconstruction (the VAE is convolutional; colours/edges are local).
+        oy, ox = torch.randint(0, pixels.shape[-1] - crop + 1, (2,), generator=gen).tolist()
+        x = pixels[idx, :, oy : oy + crop, ox : ox + crop]
         z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
         # A weak pull toward small latents keeps the latent scale sane without a sampled KL term.
@@ -312,28 +321,53 @@ def _eval_loss(unet: Any, sched: Any, latents: torch.Tensor, cond: torch.Tensor,
     return float(torch.nn.functional.mse_loss(pred, noise))
 
 
+def _offset_noise(shape: torch.Size, gen: torch.Generator, strength: float) -> torch.Tensor:
+    """Gaussian noise plus a random per-image, per-channel constant ("offset noise").
+
+    Why: on 16x16 latents the standard schedule leaves an image's overall colour readable through
+    the noise even at t=999 (the per-channel mean of 256 noise pixels has std 1/16, comparable to
+    sqrt(alpha_bar)=0.07 times the signal). With plain noise the UNet learnt to copy colour from
+    x_t, ignored the caption, and sampling from pure noise painted seed-coloured blobs. With offset
+    0.3 the colour must come from the caption: held-out loss with shuffled captions rose from
+    +1 % to +40 % above matching ones, and "plain blue background" prompts come out blue.
+    """
+    b, c = shape[0], shape[1]
+    return torch.randn(shape, generator=gen) + strength * torch.randn((b, c, 1, 1), generator=gen)
+
+
 def _train_unet(unet: Any, text_encoder: Any, sched: Any, latents: torch.Tensor, ids: torch.Tensor,
-                empty_ids: torch.Tensor, steps: int, batch: int, gen: torch.Generator, progress: bool) -> float:
-    """Train UNet and text encoder jointly as a text-conditioned epsilon denoiser."""
+                empty_ids: torch.Tensor, steps: int, batch: int, gen: torch.Generator, progress: bool,
+                weight_cap: float = HIGH_NOISE_WEIGHT_CAP, lr: float = 4e-3,
+                offset_noise: float = OFFSET_NOISE) -> float:
+    """Train UNet and text encoder jointly as a text-conditioned epsilon denoiser.
+
+    Why the loss weight ``min(1/alpha_bar_t, cap)``: with plain epsilon MSE the high-noise steps,
+    where the caption decides what gets drawn, contribute almost nothing (their x0 error is scaled
+    by SNR << 1), so in a few hundred steps the UNet learnt to ignore the text. ``1/alpha_bar`` is
+    v-prediction's weighting; the cap keeps the noisiest steps from dominating.
+    """
+    w_all = (1.0 / sched.alphas_cumprod).clamp(max=weight_cap)
+    w_all = w_all / w_all.mean()
     unet.train()
     text_encoder.train()
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
+    params = [p for p in [*unet.parameters(), *text_encoder.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     n_t = sched.config.num_train_timesteps
     loss_val = float("nan")
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, 2e-3, max(1, steps // 20))
+            g["lr"] = _lr_at(step, steps, lr, max(1, steps // 20))
         idx = torch.randint(0, latents.shape[0], (batch,), generator=gen)
         x0 = latents[idx]
         tok = ids[idx].clone()
         # 10 % empty-caption dropout: gives the model an unconditional mode, so CFG works.
         tok[torch.rand(batch, generator=gen) < 0.1] = empty_ids
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = _offset_noise(x0.shape, gen, offset_noise)
         t = torch.randint(0, n_t, (batch,), generator=gen)
         cond = text_encoder(tok)[0]
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * w_all[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -391,7 +425,7 @@ def pretrain_tiny_sd15(model: DiffusersSD, *, steps_scale: float = 1.0, seed: in
     before = _eval_loss(unet, sched, held_latents, _encode_ids(te, held_ids), e_noise, e_t)
     unet.requires_grad_(True)
     te.requires_grad_(True)
-    _train_unet(unet, te, sched, latents, ids, empty_ids, unet_steps, 16, gen, progress)
+    _train_unet(unet, te, sched, latents, ids, empty_ids, unet_steps, UNET_BATCH, gen, progress)
     unet.requires_grad_(False)
     te.requires_grad_(False)
     held_cond = _encode_ids(te, held_ids)

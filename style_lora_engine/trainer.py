@@ -130,8 +130,11 @@ def run_fingerprint(backend: TrainingBackend, dataset: Dataset, config: TrainCon
         (item.image_path.name, item.pixel_hash, item.caption, list(item.bucket)) for item in dataset.items
     ]
     shuffle = dataset.shuffle.__dict__ if dataset.shuffle else None
+    # A backend may name its weights more precisely than its display name (ComfyUI: checkpoint + a
+    # digest of the weights and of upstream patches), so runs on different weights never resume each other.
+    model_id = getattr(backend, "model_identity", None) or backend.model_name
     return fingerprint(config.to_json_dict(), items, dataset.repeats, dataset.resolution, shuffle,
-                       backend.arch, backend.model_name, output_name)
+                       backend.arch, model_id, output_name)
 
 
 class _LatentSource:
@@ -176,6 +179,22 @@ def train_lora(
     training_comment: str = "",
 ) -> TrainResult:
     """Train (or resume) a run; every finished epoch is a file in the run folder."""
+    # Training needs autograd; hosts such as ComfyUI call nodes under torch.inference_mode().
+    with torch.inference_mode(False):
+        return _train_lora(backend, dataset, config, runs_root=runs_root, output_name=output_name,
+                           callbacks=callbacks, training_comment=training_comment)
+
+
+def _train_lora(
+    backend: TrainingBackend,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    runs_root: Path,
+    output_name: str,
+    callbacks: TrainCallbacks | None,
+    training_comment: str,
+) -> TrainResult:
     config.validate()
     callbacks = callbacks or TrainCallbacks()
     say = callbacks.on_message or (lambda _msg: None)
@@ -332,4 +351,5 @@ def _metadata(backend, dataset: Dataset, config: TrainConfig, shuffle: ShuffleSe
         shuffle_caption=shuffle.enabled, keep_tokens=shuffle.keep_tokens, caption_separator=shuffle.separator,
         resolution=(res, res), optimizer_repr=describe_optimizer(config), base_model_name=backend.model_name,
         training_comment=comment, session_id=session_id, started_at=started_at, seed=config.seed,
+        prediction_type=getattr(backend, "prediction_type", "epsilon"),
     )

@@ -1,0 +1,408 @@
+"""Stand-ins for ComfyUI's MODEL / CLIP / VAE and for the comfy modules the pack calls, for CI
+without ComfyUI. They mirror the interfaces the ComfyUI backend and preview use (ModelPatcher,
+BaseModel, model_sampling, CLIP, VAE, comfy.sample/sd/utils/model_management); the e2e tier checks
+the same code against the real ones.
+
+The model sampling below is a copy of ComfyUI's discrete DDPM sampling (comfy/model_sampling.py:
+``ModelSamplingDiscrete`` with the SD "linear" = scaled-linear schedule, ``EPS`` and
+``V_PREDICTION``) so the noise/target maths can be compared with diffusers' DDPMScheduler here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+# --- model sampling (copied from ComfyUI 0.33.0, trimmed) ------------------------------------
+
+
+def _reshape_sigma(sigma, ndim):
+    return sigma.view(()) if sigma.nelement() == 1 else sigma.view(sigma.shape[:1] + (1,) * (ndim - 1))
+
+
+class EPS:
+    def calculate_input(self, sigma, noise):
+        sigma = _reshape_sigma(sigma, noise.ndim)
+        return noise / (sigma ** 2 + self.sigma_data ** 2) ** 0.5
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        sigma = _reshape_sigma(sigma, model_output.ndim)
+        return model_input - model_output * sigma
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        sigma = _reshape_sigma(sigma, noise.ndim)
+        noise = noise * sigma
+        noise += latent_image
+        return noise
+
+
+class V_PREDICTION(EPS):
+    def calculate_denoised(self, sigma, model_output, model_input):
+        sigma = _reshape_sigma(sigma, model_output.ndim)
+        sd = self.sigma_data
+        return (model_input * sd ** 2 / (sigma ** 2 + sd ** 2)
+                - model_output * sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5)
+
+
+class X0(EPS):
+    pass
+
+
+class ModelSamplingDiscrete(nn.Module):
+    def __init__(self):
+        super().__init__()
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
+        self.sigma_data = 1.0
+
+    def timestep(self, sigma):
+        log_sigma = sigma.log()
+        dists = log_sigma.to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=(len(self.sigmas) - 1))
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp().to(timestep.device)
+
+
+def model_sampling(kind: str = "eps"):
+    parent = {"eps": EPS, "v": V_PREDICTION, "x0": X0}[kind]
+
+    class ModelSampling(ModelSamplingDiscrete, parent):
+        pass
+
+    return ModelSampling()
+
+
+# --- a tiny U-Net with ComfyUI's (LDM) module names ------------------------------------------
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim, context_dim):
+        super().__init__()
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+
+    def forward(self, x, context):
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.to_out[1](self.to_out[0](out))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim, inner):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x):
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * torch.nn.functional.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * 2), nn.Dropout(0.0), nn.Linear(dim * 2, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim, context_dim):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, dim)
+        self.attn2 = CrossAttention(dim, context_dim)
+        self.ff = FeedForward(dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x, context):
+        n = self.norm1(x)
+        x = x + self.attn1(n, n)
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(self, dim, context_dim, linear: bool):
+        super().__init__()
+        self.linear = linear
+        self.norm = nn.GroupNorm(4, dim)
+        self.proj_in = nn.Linear(dim, dim) if linear else nn.Conv2d(dim, dim, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(dim, context_dim)])
+        self.proj_out = nn.Linear(dim, dim) if linear else nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, context=None, transformer_options=None):
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.linear:
+            x = self.proj_in(x)
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if self.linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.linear:
+            x = self.proj_out(x)
+        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        if not self.linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim, emb_dim):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, dim)
+
+    def forward(self, x, emb):
+        return x + self.conv(torch.nn.functional.silu(x)) + self.emb(emb)[:, :, None, None]
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    pass
+
+
+class TinyUNet(nn.Module):
+    """input_blocks.0 conv, input_blocks.1 = (ResBlock, SpatialTransformer), middle_block =
+    (ResBlock, SpatialTransformer, ResBlock), output_blocks.0 = (ResBlock, SpatialTransformer): the
+    LDM layout of a U-Net with one level and ``num_res_blocks`` = 1."""
+
+    def __init__(self, dim=8, context_dim=16, adm_dim=None, linear=False):
+        super().__init__()
+        self.dim = dim
+        self.time_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.label_emb = nn.Sequential(nn.Linear(adm_dim, dim)) if adm_dim else None
+        self.input_blocks = nn.ModuleList([
+            TimestepEmbedSequential(nn.Conv2d(4, dim, 3, padding=1)),
+            TimestepEmbedSequential(ResBlock(dim, dim), SpatialTransformer(dim, context_dim, linear)),
+        ])
+        self.middle_block = TimestepEmbedSequential(ResBlock(dim, dim), SpatialTransformer(dim, context_dim, linear),
+                                                    ResBlock(dim, dim))
+        self.output_blocks = nn.ModuleList([
+            TimestepEmbedSequential(ResBlock(dim, dim), SpatialTransformer(dim, context_dim, linear)),
+        ])
+        self.out = nn.Sequential(nn.GroupNorm(4, dim), nn.SiLU(), nn.Conv2d(dim, 4, 3, padding=1))
+        self.calls: list[dict] = []
+
+    def _run(self, seq, h, emb, context):
+        for layer in seq:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context, {})
+            else:
+                h = layer(h)
+        return h
+
+    def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        assert (y is not None) == (self.label_emb is not None)
+        self.calls.append({"x": x.detach().clone(), "t": timesteps.detach().clone(),
+                           "context": context.detach().clone(), "y": None if y is None else y.detach().clone(),
+                           "dtype": x.dtype})
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        args = timesteps[:, None].float() * freqs[None]
+        emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(x.dtype))
+        if y is not None:
+            emb = emb + self.label_emb(y)
+        h = self._run(self.input_blocks[0], x, emb, context)
+        skip = self._run(self.input_blocks[1], h, emb, context)
+        h = self._run(self.middle_block, skip, emb, context)
+        h = self._run(self.output_blocks[0], h + skip, emb, context)
+        return self.out(h)
+
+
+# --- BaseModel / ModelPatcher / CLIP / VAE ---------------------------------------------------
+
+
+class SD15:
+    unet_config = {"num_res_blocks": [1], "context_dim": 16}
+
+
+class SDXL:
+    unet_config = {"num_res_blocks": [1], "context_dim": 16}
+
+
+class SD20:
+    unet_config = {"num_res_blocks": [1]}
+
+
+class LatentFormat:
+    scale_factor = 0.5
+
+    def process_in(self, latent):
+        return latent * self.scale_factor
+
+
+class FakeBaseModel(nn.Module):
+    def __init__(self, arch="sd15", kind="eps", seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.model_config = {"sd15": SD15, "sdxl": SDXL, "sd20": SD20}[arch]()
+        self.diffusion_model = TinyUNet(adm_dim=14 if arch == "sdxl" else None, linear=arch == "sdxl")
+        self.diffusion_model.requires_grad_(False).eval()
+        self.model_sampling = model_sampling(kind)
+        self.latent_format = LatentFormat()
+        self.concat_keys = ()
+        self.manual_cast_dtype = None
+        self.adm_calls: list[dict] = []
+
+    def get_dtype(self):
+        return next(self.diffusion_model.parameters()).dtype
+
+    def get_dtype_inference(self):
+        return self.manual_cast_dtype or self.get_dtype()
+
+    def process_latent_in(self, latent):
+        return self.latent_format.process_in(latent)
+
+    def encode_adm(self, **kwargs):
+        self.adm_calls.append({k: v for k, v in kwargs.items() if k != "pooled_output"})
+        pooled = kwargs["pooled_output"]
+        sizes = torch.tensor([[kwargs["height"], kwargs["width"], kwargs["crop_h"], kwargs["crop_w"],
+                               kwargs["target_height"], kwargs["target_width"]]], dtype=torch.float32) / 64.0
+        return torch.cat([pooled, sizes.repeat(pooled.shape[0], 1)], dim=1)
+
+
+class FakePatcher:
+    """The parts of comfy.model_patcher.ModelPatcher the pack uses, with call records."""
+
+    def __init__(self, model, log=None, parent=None):
+        self.model = model
+        self.load_device = torch.device("cpu")
+        self.offload_device = torch.device("cpu")
+        self.patches: dict = {}
+        self.backup: dict = {}
+        self.object_patches: dict = {}
+        self.parent = parent
+        self.log = log if log is not None else []
+        self.cached_patcher_init = None
+        self.dynamic = False
+
+    def clone(self, disable_dynamic=False):
+        self.log.append(("clone", id(self), disable_dynamic))
+        n = FakePatcher(self.model, self.log, parent=self)
+        n.patches = {k: list(v) for k, v in self.patches.items()}
+        n.object_patches = dict(self.object_patches)
+        n.cached_patcher_init = self.cached_patcher_init
+        return n
+
+    def is_dynamic(self):
+        return self.dynamic
+
+    def get_model_object(self, name):
+        if name in self.object_patches:
+            return self.object_patches[name]
+        return getattr(self.model, name)
+
+    def model_dtype(self):
+        return self.model.get_dtype()
+
+    def set_model_compute_dtype(self, dtype):
+        self.log.append(("set_model_compute_dtype", id(self), dtype))
+        self.object_patches["manual_cast_dtype"] = dtype
+
+    def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
+        self.log.append(("patch_model", id(self), str(device_to)))
+        self._old_cast = self.model.manual_cast_dtype
+        if "manual_cast_dtype" in self.object_patches:
+            self.model.manual_cast_dtype = self.object_patches["manual_cast_dtype"]
+        return self.model
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        self.log.append(("unpatch_model", id(self), str(device_to)))
+        self.model.manual_cast_dtype = getattr(self, "_old_cast", None)
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        for key, value in patches.items():
+            self.patches.setdefault(key, []).append((strength_patch, value, strength_model, None, None))
+        return list(patches)
+
+
+def _token_ids(text: str) -> list[int]:
+    return [int(hashlib.sha256(w.encode()).hexdigest()[:6], 16) % 49000 for w in text.split()]
+
+
+class FakeCLIP:
+    """``tokenize`` -> {"l": [77-token windows of (token, weight)]}; ``encode_from_tokens`` -> a
+    deterministic cond [1, 77·windows, 16] (+ pooled [1, 8]); 10 words per window here."""
+
+    def __init__(self, pooled=True):
+        self.pooled = pooled
+        self.tokenize_calls: list[dict] = []
+
+    def tokenize(self, text, return_word_ids=False, **kwargs):
+        self.tokenize_calls.append({"text": text, **kwargs})
+        ids = _token_ids(text)
+        windows = [ids[i:i + 10] for i in range(0, len(ids), 10)] or [[]]
+        return {"l": [[(49406, 1.0)] + [(t, 1.0) for t in w] + [(49407, 1.0)] * (76 - len(w)) for w in windows]}
+
+    def _embed(self, window):
+        gen = torch.Generator().manual_seed(sum(t for t, _w in window) % (2 ** 31))
+        return torch.randn(77, 16, generator=gen)
+
+    def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
+        windows = tokens["l"]
+        cond = torch.cat([self._embed(w) for w in windows]).unsqueeze(0)
+        pooled = cond[:, 0, :8].clone() if self.pooled else None
+        if return_dict:
+            return {"cond": cond, "pooled_output": pooled}
+        return (cond, pooled) if return_pooled else cond
+
+    def encode_from_tokens_scheduled(self, tokens):
+        out = self.encode_from_tokens(tokens, return_dict=True)
+        cond = out.pop("cond")
+        return [[cond, out]]
+
+    def clone(self):
+        return self
+
+
+class FakeVAE:
+    def __init__(self):
+        self.encode_inputs: list[torch.Tensor] = []
+
+    def encode(self, pixels):
+        assert pixels.ndim == 4 and pixels.shape[-1] == 3, "ComfyUI's VAE takes BHWC"
+        assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+        self.encode_inputs.append(pixels.clone())
+        x = pixels.movedim(-1, 1)
+        pooled = torch.nn.functional.avg_pool2d(x, 8)
+        return torch.cat([pooled, pooled.mean(dim=1, keepdim=True)], dim=1) * 2 - 1
+
+    def decode(self, latent):
+        img = torch.nn.functional.interpolate(latent[:, :3], scale_factor=8)
+        return ((img + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+def comfy_objects(arch="sd15", kind="eps", seed=0):
+    model = FakeBaseModel(arch, kind, seed)
+    patcher = FakePatcher(model)
+    patcher.cached_patcher_init = (lambda *a, **k: None, ("/models/checkpoints/my_model.safetensors", False), 0)
+    return patcher, FakeCLIP(), FakeVAE()
+
+
+def fake_model_management():
+    calls = []
+    return SimpleNamespace(
+        calls=calls, in_training=False,
+        unload_all_models=lambda: calls.append("unload_all_models"),
+        soft_empty_cache=lambda force=False: calls.append("soft_empty_cache"),
+        intermediate_device=lambda: torch.device("cpu"),
+        intermediate_dtype=lambda: torch.float32,
+        throw_exception_if_processing_interrupted=lambda: calls.append("interrupt_check"),
+    )

@@ -1,0 +1,74 @@
+"""Test-only ComfyUI nodes for the e2e tier (linked into the test ComfyUI's custom_nodes; never shipped).
+
+* ``StyleLoRATestGate`` passes its MODEL through unchanged (the very same object) once ``wait_for``
+  exists, so a graph can order "sample before training", "train", "sample after training" on one
+  in-memory MODEL within a single prompt.
+* ``StyleLoRATestModelDigest`` hashes everything about a MODEL that training could change: every
+  U-Net tensor's bytes, module names and classes, train/eval flags, requires_grad, the patcher's
+  weight patches and object patches.
+"""
+
+import hashlib
+
+import torch
+
+
+class StyleLoRATestGate:
+    CATEGORY = "Style LoRA/testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "wait_for": ("*",)}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True
+
+    def run(self, model, wait_for):
+        return (model,)
+
+
+def model_digest(model):
+    h = hashlib.blake2b(digest_size=20)
+    dm = model.model.diffusion_model
+    for name, module in dm.named_modules():
+        h.update(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{module.training};".encode())
+        fwd = module.__dict__.get("forward")
+        h.update(f"fwd={fwd is not None};".encode())
+    for name, param in dm.named_parameters():
+        h.update(f"{name}:{param.requires_grad};".encode())
+    for name, tensor in sorted(dm.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(repr(sorted(model.patches)).encode())
+    h.update(repr(sorted(model.object_patches)).encode())
+    h.update(repr(sorted(model.backup)).encode())
+    return h.hexdigest()
+
+
+class StyleLoRATestModelDigest:
+    CATEGORY = "Style LoRA/testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "wait_for": ("*",)}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True
+
+    def run(self, model, wait_for):
+        digest = model_digest(model)
+        return {"ui": {"text": [digest]}, "result": (digest,)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "StyleLoRATestGate": StyleLoRATestGate,
+    "StyleLoRATestModelDigest": StyleLoRATestModelDigest,
+}
