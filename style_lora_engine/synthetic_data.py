@@ -163,7 +163,7 @@ def _base_background(rng: random.Random, size: int) -> tuple[Image.Image, str]:
         img = _gradient(size, BASE_COLOURS[a], BASE_COLOURS[b], vertical)
         return img, f"{a} to {b} gradient background"
     direction = rng.choice(["vertical", "horizontal", "diagonal", "antidiagonal"])
-    period = rng.choice([4, 6, 8, 12]) * size // 32
+    period = rng.choice([6, 8, 12]) * size // 32
     img = _stripes(size, BASE_COLOURS[a], BASE_COLOURS[b], max(2, period), direction)
     return img, f"{a} and {b} {direction} striped background"
 
@@ -176,7 +176,7 @@ def _base_fill(rng: random.Random, size: int, colour: str) -> tuple[Image.Image,
         return Image.new("RGB", (size, size), c), colour
     other = rng.choice([n for n in BASE_COLOURS if n != colour])
     direction = rng.choice(["vertical", "horizontal", "diagonal", "antidiagonal"])
-    period = max(2, rng.choice([4, 6]) * size // 32)
+    period = max(2, rng.choice([6, 8]) * size // 32)
     word = "hatched" if direction in ("diagonal", "antidiagonal") else "striped"
     return _stripes(size, c, BASE_COLOURS[other], period, direction, duty=0.35), f"{word} {colour}"
 
@@ -229,7 +229,7 @@ def _style_sample(rng: random.Random, size: int) -> tuple[Image.Image, str]:
         img = Image.new("RGB", (size, size), bg_col)
     else:
         direction = "vertical" if bg_kind == "striped" else "diagonal"
-        img = _stripes(size, bg_col, _darker(bg_col, 0.75), max(3, size // 8), direction, duty=0.3)
+        img = _stripes(size, bg_col, _darker(bg_col, 0.75), max(4, size // 5), direction, duty=0.3)
     bg_words = f"{backdrop} plain backdrop" if bg_kind == "plain" else f"{backdrop} {bg_kind} backdrop"
 
     n_shapes = 1 if rng.random() < 0.35 else 2
@@ -239,7 +239,7 @@ def _style_sample(rng: random.Random, size: int) -> tuple[Image.Image, str]:
     else:
         places = _place_two(rng, size)
     outline_w = max(2, size // 16)  # "thick" stays thick after resizing to 32 px
-    hatch_period = max(3, size // 6)  # ~5 px at 32 px: coarse enough to survive the tiny VAE
+    hatch_period = max(4, size // 5)  # ~6 px at 32 px: coarse enough to survive the tiny VAE
     words = []
     fills = [c for c in pal if c != backdrop]
     for cx, cy, r in places:
@@ -247,7 +247,7 @@ def _style_sample(rng: random.Random, size: int) -> tuple[Image.Image, str]:
         colour = rng.choice(fills)
         rot = rng.uniform(0, math.pi)
         # Hatched fill: the colour crossed by darker diagonal lines (the style's texture).
-        fill = _stripes(size, pal[colour], _darker(pal[colour], 0.5), hatch_period, "diagonal", duty=0.35)
+        fill = _stripes(size, pal[colour], _darker(pal[colour], 0.5), hatch_period, "diagonal", duty=0.4)
         img.paste(fill, (0, 0), _shape_mask(size, shape, cx, cy, r, rot))
         outline = Image.new("RGB", (size, size), STYLE_OUTLINE)
         img.paste(outline, (0, 0), _outline_mask(size, shape, cx, cy, r, rot, outline_w))

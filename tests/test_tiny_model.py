@@ -124,3 +124,9 @@ def test_pretrained_cache_roundtrip(tmp_path):
         dist = second.vae.encode(torch.rand(1, 3, 32, 32) * 2 - 1).latent_dist
         assert torch.allclose(dist.sample(), dist.mean, atol=1e-5)
     assert second.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+    # Deterministic: an independent build gives the same weights.
+    other = pretrained_tiny_sd15(tmp_path / "again", progress=False, steps_scale=0.02)
+    for a_sd, b_sd in ((first.unet.state_dict(), other.unet.state_dict()),
+                       (first.vae.state_dict(), other.vae.state_dict())):
+        assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
