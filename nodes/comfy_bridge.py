@@ -9,6 +9,7 @@ Folders outside ComfyUI come from environment variables (the demo and tests set 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -18,8 +19,10 @@ from typing import Any
 
 log = logging.getLogger("style_lora_trainer")
 
+EVENT_START = "style_lora.train_start"
 EVENT_STEP = "style_lora.train_step"
 EVENT_EPOCH = "style_lora.train_epoch"
+EVENT_END = "style_lora.train_end"
 
 FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "ddim", "dpmpp_2m", "uni_pc"]
 FALLBACK_SCHEDULERS = ["normal", "karras"]
@@ -132,6 +135,15 @@ def check_interrupt() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """True for the user's Stop (ComfyUI's InterruptProcessingException) or Ctrl-C."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    mm = _comfy("comfy.model_management")
+    interrupt = getattr(mm, "InterruptProcessingException", None) if mm is not None else None
+    return interrupt is not None and isinstance(exc, interrupt)
+
+
 def send_event(event: str, payload: dict) -> None:
     server = _comfy("server")
     if server is not None and getattr(server.PromptServer, "instance", None) is not None:
@@ -187,3 +199,35 @@ def training_backend(model: Any, clip: Any, vae: Any) -> Any:
         f"Cannot train a {type(model).__name__}: connect the MODEL, CLIP and VAE outputs of a Load "
         "Checkpoint node (SD1.5 or SDXL)."
     )
+
+
+@functools.lru_cache(maxsize=1)
+def caption_token_counter() -> Callable[[str], int] | None:
+    """Count caption tokens with ComfyUI's bundled CLIP tokenizer (the one SD1.5/SDXL use), so the
+    caption editor's length badges match what the text encoder sees; None outside ComfyUI."""
+    sd1_clip = _comfy("comfy.sd1_clip")
+    if sd1_clip is None:
+        return None
+    folder = Path(sd1_clip.__file__).parent / "sd1_tokenizer"
+    try:
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - badges without token counts beat a broken panel
+        log.warning("Style LoRA: no caption token counts (%s)", exc)
+        return None
+    from ..style_lora_engine.text_chunks import make_token_counter
+
+    return make_token_counter(tokenizer)
+
+
+def register_routes() -> bool:
+    """Add the canvas routes (docs/CANVAS.md) to ComfyUI's server; False outside ComfyUI."""
+    server = _comfy("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None) if server is not None else None
+    if instance is None:
+        return False
+    from .canvas_routes import add_routes
+
+    add_routes(instance.routes, server.web, token_counter=caption_token_counter)
+    return True

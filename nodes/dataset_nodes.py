@@ -155,8 +155,10 @@ class StyleLoRAShuffleCaption:
         }
 
     def configure(self, dataset: Dataset, enabled: bool, separator: str, keep_tokens: int, seed: int,
-                  preview_count: int) -> tuple[Dataset, str]:
+                  preview_count: int) -> dict[str, Any]:
         if not separator:
             raise DatasetError("The caption separator cannot be empty; the guide's captions use ','.")
         settings = ShuffleSettings(enabled=enabled, separator=separator, keep_tokens=keep_tokens, seed=seed)
-        return dataset.with_shuffle(settings), preview_shuffles(dataset.captions(), settings, count=preview_count)
+        preview = preview_shuffles(dataset.captions(), settings, count=preview_count)
+        # "ui" shows the examples in the node after it runs (the js panel also previews before).
+        return {"ui": {"text": [preview]}, "result": (dataset.with_shuffle(settings), preview)}

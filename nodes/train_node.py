@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from ..style_lora_engine.config import (
@@ -20,6 +21,7 @@ from ..style_lora_engine.lora_file import sanitize_name
 from ..style_lora_engine.trainer import EpochInfo, StepInfo, TrainCallbacks, TrainResult, train_lora
 from . import comfy_bridge
 from .node_types import CATEGORY, DATASET, RUN
+from .training_history import HISTORY
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -30,9 +32,9 @@ def format_status(info: StepInfo) -> str:
             f"loss {info.loss:.4f} · d·lr {info.dlr:.2e} · ETA {eta // 60}:{eta % 60:02d}")
 
 
-def step_payload(info: StepInfo, node_id: str | None) -> dict[str, Any]:
-    """Payload of the ``style_lora.train_step`` server event (documented in the README)."""
-    return {"node": node_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
+def step_payload(info: StepInfo, node_id: str | None, run: str | None = None) -> dict[str, Any]:
+    """Payload of the ``style_lora.train_step`` server event (docs/CANVAS.md)."""
+    return {"node": node_id, "run": run, "epoch": info.epoch, "num_epochs": info.num_epochs,
             "step": info.global_step, "total_steps": info.total_steps,
             "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
             "loss": info.loss, "lr": info.lr, "dlr": info.dlr, "eta_seconds": info.eta_seconds}
@@ -111,20 +113,51 @@ class StyleLoRATrain:
         node_id = str(unique_id) if unique_id is not None else None
         progress = comfy_bridge.Progress(config.epochs, node_id)
 
+        run_id = uuid.uuid4().hex[:12]
+        node_key = node_id or "?"
+        started = False
+
         def on_step(info: StepInfo) -> None:
+            nonlocal started
+            if not started:  # the first step tells the run's size (and where a resumed run starts)
+                started = True
+                start = {"node": node_id, "run": run_id, "total_steps": info.total_steps,
+                         "num_epochs": info.num_epochs, "steps_per_epoch": info.steps_per_epoch,
+                         "start_step": info.global_step - 1}
+                HISTORY.start(node_key, run_id, total_steps=info.total_steps, num_epochs=info.num_epochs,
+                              steps_per_epoch=info.steps_per_epoch, start_step=info.global_step - 1)
+                comfy_bridge.send_event(comfy_bridge.EVENT_START, start)
             comfy_bridge.check_interrupt()  # Stop takes effect within one step
             progress.update_absolute(info.global_step, info.total_steps)
             comfy_bridge.send_status_text(format_status(info), node_id)
-            comfy_bridge.send_event(comfy_bridge.EVENT_STEP, step_payload(info, node_id))
+            HISTORY.step(node_key, run_id, step=info.global_step, epoch=info.epoch, loss=info.loss, lr=info.lr,
+                         dlr=info.dlr, eta_seconds=info.eta_seconds)
+            comfy_bridge.send_event(comfy_bridge.EVENT_STEP, step_payload(info, node_id, run_id))
 
         def on_epoch(info: EpochInfo) -> None:
+            HISTORY.epoch(node_key, run_id, epoch=info.epoch, step=info.global_step, file=info.path.name,
+                          mean_loss=info.mean_loss)
             comfy_bridge.send_event(comfy_bridge.EVENT_EPOCH, {
-                "node": node_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
+                "node": node_id, "run": run_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
                 "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss})
 
-        result = train_lora(backend, dataset, config, runs_root=comfy_bridge.runs_dir(), output_name=name,
-                            callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info),
-                            training_comment=training_comment)
+        def on_end(state: str, message: str) -> None:
+            if not started:  # failed before the first step (e.g. out of memory caching latents)
+                HISTORY.start(node_key, run_id, total_steps=0, num_epochs=config.epochs, steps_per_epoch=0,
+                              start_step=0)
+            HISTORY.end(node_key, run_id, state, message)
+            comfy_bridge.send_event(comfy_bridge.EVENT_END, {"node": node_id, "run": run_id, "state": state,
+                                                             "message": message})
+
+        try:
+            result = train_lora(backend, dataset, config, runs_root=comfy_bridge.runs_dir(), output_name=name,
+                                callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info),
+                                training_comment=training_comment)
+        except BaseException as exc:  # ComfyUI's Stop is a BaseException; re-raised unchanged
+            stopped = comfy_bridge.is_interrupt(exc)
+            on_end("stopped" if stopped else "failed", "Stopped; finished epochs are kept." if stopped else str(exc))
+            raise
+        on_end("finished", f"{len(result.epoch_files)} epoch file(s) in {result.run_dir}")
         plot = plot_loss(result.losses, epoch_steps=result.epoch_end_steps, dlr=result.dlrs,
                          title=f"{name}: loss per step", path=result.run_dir / "loss.png")
         summary = summarize(result)

@@ -119,26 +119,9 @@ def lint_dataset(
                 "or turn on bucket no_upscale.",
                 name,
             )
-        if item.caption_missing and not item.caption.strip():
-            add(
-                "warning",
-                "caption_missing",
-                f"No caption file ({item.caption_path.name}). Write one: {_CAPTION_ADVICE}",
-                name,
-            )
-        elif not item.caption.strip():
-            add("warning", "caption_empty", f"The caption is empty. {_CAPTION_ADVICE}", name)
-        else:
-            words = len(item.caption.split())
-            if words < min_words:
-                add(
-                    "warning",
-                    "caption_short",
-                    f'The caption "{item.caption}" has only {words} word(s). {_CAPTION_ADVICE}',
-                    name,
-                )
-            if count_tokens is not None:
-                _check_tokens(add, item.caption, count_tokens(item.caption), max_tokens, name)
+        for level, code, text in caption_issues(item.caption, item.caption_missing, item.caption_path.name,
+                                                count_tokens, max_tokens=max_tokens, min_words=min_words):
+            add(level, code, text, name)
 
     if count_tokens is None:
         add("info", "tokens_not_checked", "Caption token lengths were not checked (no tokenizer given).")
@@ -159,24 +142,38 @@ def lint_dataset(
     return LintReport(tuple(messages))
 
 
-def _check_tokens(add: Callable[..., None], caption: str, n_tokens: int, max_tokens: int, name: str) -> None:
-    limit = CHUNK_TOKENS * MAX_CHUNKS
-    if n_tokens > limit:
-        add(
-            "warning",
-            "caption_truncated",
-            f"The caption is {n_tokens} tokens; it is encoded in up to 3 chunks of 75 tokens and everything "
-            f"after token {limit} is cut. Shorten it.",
-            name,
-        )
-    elif n_tokens > max_tokens:
-        add(
-            "info",
-            "caption_long",
-            f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token window; it "
-            f"will be encoded in up to 3 chunks of 75 tokens (anything over {limit} tokens is cut).",
-            name,
-        )
+def caption_issues(
+    caption: str,
+    caption_missing: bool,
+    caption_file: str,
+    count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int = CHUNK_TOKENS,
+    min_words: int = 5,
+) -> list[tuple[str, str, str]]:
+    """The guide's checks of one caption, as ``(level, code, text)``; shared by the dataset report
+    and the caption editor's badges so both always agree."""
+    if caption_missing and not caption.strip():
+        return [("warning", "caption_missing", f"No caption file ({caption_file}). Write one: {_CAPTION_ADVICE}")]
+    if not caption.strip():
+        return [("warning", "caption_empty", f"The caption is empty. {_CAPTION_ADVICE}")]
+    issues = []
+    words = len(caption.split())
+    if words < min_words:
+        issues.append(("warning", "caption_short",
+                       f'The caption "{caption}" has only {words} word(s). {_CAPTION_ADVICE}'))
+    if count_tokens is not None:
+        n_tokens = count_tokens(caption)
+        limit = CHUNK_TOKENS * MAX_CHUNKS
+        if n_tokens > limit:
+            issues.append(("warning", "caption_truncated",
+                           f"The caption is {n_tokens} tokens; it is encoded in up to 3 chunks of 75 tokens and "
+                           f"everything after token {limit} is cut. Shorten it."))
+        elif n_tokens > max_tokens:
+            issues.append(("info", "caption_long",
+                           f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token "
+                           f"window; it will be encoded in up to 3 chunks of 75 tokens (anything over {limit} "
+                           "tokens is cut)."))
+    return issues
 
 
 def _check_duplicates(add: Callable[..., None], dataset: Dataset) -> None:

@@ -74,17 +74,19 @@ def test_caption_editor_takes_captions_from_another_node(env):
 
 def test_shuffle_node_attaches_settings_and_previews_real_captions(env):
     dataset, _ = _load()
-    shuffled, preview = NODES["StyleLoRAShuffleCaption"]().configure(
+    out = NODES["StyleLoRAShuffleCaption"]().configure(
         dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=2)
+    shuffled, preview = out["result"]
     assert shuffled.shuffle.keep_tokens == 1 and dataset.shuffle is None
     assert dataset.items[0].caption.split(",")[0] in preview
+    assert out["ui"]["text"] == [preview]  # shown in the node after it runs
 
 
 def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer):
     model = build_tiny_sd15(clip_tokenizer, seed=0)
     dataset, _ = _load()
     dataset, _ = NODES["StyleLoRAShuffleCaption"]().configure(
-        dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=1)
+        dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=1)["result"]
     out = NODES["StyleLoRATrain"]().train(
         model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
         output_name="my style", rank=4, alpha=2.0, optimizer="DAdaptAdamW", learning_rate=1.0,
@@ -143,3 +145,38 @@ def test_saved_epochs_lookup_stays_inside_the_loras_folder(env):
         find_saved_epochs("../output/anything")
     with pytest.raises(StyleLoRAError, match="No files"):
         find_saved_epochs("missing_name")
+
+
+def test_train_node_streams_start_step_epoch_end_and_keeps_history_for_reloads(env, clip_tokenizer, monkeypatch):
+    from style_lora_trainer.nodes import comfy_bridge
+    from style_lora_trainer.nodes.training_history import HISTORY
+
+    events = []
+    monkeypatch.setattr(comfy_bridge, "send_event", lambda name, payload: events.append((name, payload)))
+    model = build_tiny_sd15(clip_tokenizer, seed=0)
+    dataset, _ = _load()
+    args = dict(model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
+                output_name="events", rank=2, alpha=1.0, optimizer="AdamW", learning_rate=1e-4,
+                lr_scheduler="constant", lr_warmup_steps=0, epochs=2, batch_size=4, seed=0, mixed_precision="auto",
+                gradient_checkpointing=False, cache_latents=True, unique_id="17")
+    NODES["StyleLoRATrain"]().train(**args)
+    names = [n for n, _ in events]
+    assert names[0] == "style_lora.train_start" and names[-1] == "style_lora.train_end"
+    assert names.count("style_lora.train_step") == 4 and names.count("style_lora.train_epoch") == 2
+    run = events[0][1]["run"]
+    assert all(p["run"] == run and p["node"] == "17" for _, p in events)
+    snap = HISTORY.snapshot("17")
+    assert snap["state"] == "finished" and snap["run"] == run
+    assert [p["step"] for p in snap["points"]] == [1, 2, 3, 4] and [e["epoch"] for e in snap["epochs"]] == [1, 2]
+
+    # Stop during a fresh run (another name): the panel learns it stopped, the exception goes on to ComfyUI.
+    events.clear()
+
+    def stop():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(comfy_bridge, "check_interrupt", stop)
+    with pytest.raises(KeyboardInterrupt):
+        NODES["StyleLoRATrain"]().train(**(args | {"output_name": "events2"}))
+    assert events[-1][0] == "style_lora.train_end" and events[-1][1]["state"] == "stopped"
+    assert HISTORY.snapshot("17")["state"] == "stopped"

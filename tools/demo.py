@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset=[dataset], prefix=[""], suffix=[""], find=[""], replace=[""], write_back=[False], edits=["{}"])
     (out / "captions.txt").write_text(captions + "\n", encoding="utf-8")
     dataset, preview = NODES["StyleLoRAShuffleCaption"]().configure(
-        dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=3)
+        dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=3)["result"]
     (out / "shuffle_preview.txt").write_text(preview + "\n", encoding="utf-8")
     print(preview)
 
