@@ -1,0 +1,169 @@
+// The live training panel's data: the server's history (GET /style_lora/training) merged with the
+// style_lora.train_* events, deduplicated by step, reset when a new run starts.
+// Pure module: no DOM, no ComfyUI imports, no side effects on import.
+
+export const TERMINAL_STATES = Object.freeze(["finished", "stopped", "failed"]);
+export const MAX_POINTS = 20000;
+
+/** An empty history for one TrainLoRA node. */
+export function createHistory(node = null) {
+  return {
+    node: node === null ? null : String(node),
+    run: null,
+    state: "idle",
+    message: "",
+    total_steps: 0,
+    num_epochs: 0,
+    steps_per_epoch: 0,
+    start_step: 0,
+    eta_seconds: null,
+    points: [], // [{step, epoch, loss, lr, dlr}] sorted by step, one per step
+    epochs: [], // [{epoch, step, file, mean_loss}] sorted by epoch, one per epoch
+    seq: 0, // bumped on every reset by a live event (see beginFetch / applySnapshot)
+    version: 0, // bumped on every change, so a panel knows when to redraw
+  };
+}
+
+function resetForRun(history, run) {
+  Object.assign(history, createHistory(history.node), { run: run ?? null, state: "running",
+    seq: history.seq + 1, version: history.version });
+}
+
+function num(value, fallback = null) {
+  const n = Number(value);
+  return value === null || value === undefined || !Number.isFinite(n) ? fallback : n;
+}
+
+function cleanPoint(p) {
+  return { step: num(p.step, 0), epoch: num(p.epoch, 0), loss: num(p.loss), lr: num(p.lr), dlr: num(p.dlr) };
+}
+
+/** Insert or replace by step, keeping the list sorted (appending is the common, fast case). */
+export function upsertPoint(points, point) {
+  const p = cleanPoint(point);
+  const last = points[points.length - 1];
+  if (!last || last.step < p.step) {
+    points.push(p);
+    return points;
+  }
+  let lo = 0;
+  let hi = points.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (points[mid].step < p.step) lo = mid + 1;
+    else hi = mid;
+  }
+  if (points[lo] && points[lo].step === p.step) points[lo] = p;
+  else points.splice(lo, 0, p);
+  return points;
+}
+
+function upsertEpoch(epochs, epoch) {
+  const e = { epoch: num(epoch.epoch, 0), step: num(epoch.step, 0), file: epoch.file ?? "",
+    mean_loss: num(epoch.mean_loss) };
+  const index = epochs.findIndex((x) => x.epoch === e.epoch);
+  if (index >= 0) epochs[index] = e;
+  else {
+    epochs.push(e);
+    epochs.sort((a, b) => a.epoch - b.epoch);
+  }
+}
+
+/** Keep a very long run's shape within ``limit`` points: drop every other point of the older half. */
+export function capPoints(points, limit = MAX_POINTS) {
+  if (points.length <= limit) return points;
+  const half = Math.floor(points.length / 2);
+  return points.slice(0, half).filter((_, i) => i % 2 === 0).concat(points.slice(half));
+}
+
+function takeSizes(history, detail) {
+  for (const key of ["total_steps", "num_epochs", "steps_per_epoch", "start_step"]) {
+    const value = num(detail?.[key]);
+    if (value !== null) history[key] = value;
+  }
+}
+
+/**
+ * Apply one server event (type without the "style_lora." prefix or with it) to the history of the
+ * node it is about. Returns true when the history changed. Events for another node are ignored.
+ */
+export function applyEvent(history, type, detail) {
+  if (!detail || (history.node !== null && String(detail.node) !== history.node)) return false;
+  const kind = String(type).replace(/^style_lora\./, "");
+  const run = detail.run ?? null;
+  if (kind === "train_start") {
+    resetForRun(history, run);
+    takeSizes(history, detail);
+  } else if (kind === "train_step" || kind === "train_epoch") {
+    // A page opened mid-run never saw train_start: the first event of another run starts it.
+    if (run !== history.run || history.state === "idle") {
+      if (run !== history.run) resetForRun(history, run);
+      else history.state = "running";
+    }
+    takeSizes(history, detail);
+    if (kind === "train_step") {
+      upsertPoint(history.points, detail);
+      history.points = capPoints(history.points);
+      history.eta_seconds = num(detail.eta_seconds);
+      if (!TERMINAL_STATES.includes(history.state)) history.state = "running";
+    } else {
+      upsertEpoch(history.epochs, detail);
+    }
+  } else if (kind === "train_end") {
+    if (run !== history.run && history.run !== null) return false; // the end of a run we replaced
+    history.run = run;
+    history.state = detail.state ?? "finished";
+    history.message = detail.message ?? "";
+    history.eta_seconds = history.state === "finished" ? 0 : null;
+  } else {
+    return false;
+  }
+  history.version += 1;
+  return true;
+}
+
+/** Call before GET /style_lora/training; pass the token to applySnapshot with the answer. */
+export function beginFetch(history) {
+  return history.seq;
+}
+
+/**
+ * Merge the server's snapshot of the node's last run. Same run: points and epochs are united
+ * (deduplicated by step / epoch), a finished state is never taken back to "running". Another run:
+ * the snapshot replaces the history, unless a live event started a run after the request was
+ * made (``token`` from beginFetch), in which case the live data is newer and the snapshot is
+ * ignored. Returns true when the history changed.
+ */
+export function applySnapshot(history, snapshot, token = history.seq) {
+  if (!snapshot || typeof snapshot !== "object") return false;
+  const run = snapshot.run ?? null;
+  if (run === null && (snapshot.state ?? "idle") === "idle") return false; // the server knows nothing
+  if (run !== history.run) {
+    if (token !== history.seq) return false;
+    Object.assign(history, createHistory(history.node), { run, seq: history.seq, version: history.version });
+  }
+  takeSizes(history, snapshot);
+  for (const point of snapshot.points ?? []) upsertPoint(history.points, point);
+  history.points = capPoints(history.points);
+  for (const epoch of snapshot.epochs ?? []) upsertEpoch(history.epochs, epoch);
+  const state = snapshot.state ?? "idle";
+  if (!(TERMINAL_STATES.includes(history.state) && state === "running")) {
+    history.state = state;
+    history.message = snapshot.message ?? history.message;
+    if (snapshot.eta_seconds !== undefined) history.eta_seconds = num(snapshot.eta_seconds);
+  }
+  history.version += 1;
+  return true;
+}
+
+/** The latest position: {epoch, step, loss, dlr, lr} of the last point (or zeros). */
+export function latest(history) {
+  const last = history.points[history.points.length - 1];
+  return {
+    epoch: last?.epoch ?? (history.epochs[history.epochs.length - 1]?.epoch ?? 0),
+    step: last?.step ?? history.start_step ?? 0,
+    loss: last?.loss ?? null,
+    lr: last?.lr ?? null,
+    dlr: last?.dlr ?? null,
+  };
+}

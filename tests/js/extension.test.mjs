@@ -1,0 +1,495 @@
+// The extension file itself (js/style_lora_trainer.js), loaded with stand-ins for ComfyUI's
+// scripts/app.js and scripts/api.js (a module resolve hook) and a minimal fake DOM, driven the way
+// the frontend drives it: setup(), nodeCreated(), server events, fetch answers. The real frontend
+// is the browser tier's job; this checks the glue between the pure modules, the routes and the widgets.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { register } from "node:module";
+
+// ---------------------------------------------------------------------------------------------
+// stand-ins for ../../scripts/app.js and ../../scripts/api.js
+
+const LOADER = `
+export async function resolve(specifier, context, next) {
+  if (/\\/scripts\\/app\\.js$/.test(specifier)) {
+    return { url: "data:text/javascript,export const app = globalThis.__slt.app;", shortCircuit: true };
+  }
+  if (/\\/scripts\\/api\\.js$/.test(specifier)) {
+    return { url: "data:text/javascript,export const api = globalThis.__slt.api;", shortCircuit: true };
+  }
+  return next(specifier, context);
+}`;
+
+// ---------------------------------------------------------------------------------------------
+// a minimal DOM: enough for the extension's element building, never rendering anything
+
+class FakeNode {
+  constructor() {
+    this.childNodes = [];
+    this.parentNode = null;
+    this.listeners = {};
+  }
+  append(...children) {
+    for (const child of children) {
+      const node = typeof child === "string" ? new FakeText(child) : child;
+      if (node instanceof FakeFragment) {
+        for (const c of [...node.childNodes]) this.append(c);
+        continue;
+      }
+      node.parentNode?.removeChild(node);
+      node.parentNode = this;
+      this.childNodes.push(node);
+    }
+  }
+  removeChild(child) {
+    this.childNodes = this.childNodes.filter((c) => c !== child);
+    child.parentNode = null;
+  }
+  replaceChildren(...children) {
+    for (const c of this.childNodes) c.parentNode = null;
+    this.childNodes = [];
+    this.append(...children);
+  }
+  replaceWith(other) {
+    const parent = this.parentNode;
+    if (!parent) return;
+    const index = parent.childNodes.indexOf(this);
+    parent.childNodes[index] = other;
+    other.parentNode = parent;
+    this.parentNode = null;
+  }
+  addEventListener(type, fn) {
+    (this.listeners[type] ??= []).push(fn);
+  }
+  dispatch(type, event = {}) {
+    for (const fn of this.listeners[type] ?? []) fn({ type, target: this, preventDefault() {}, stopPropagation() {}, ...event });
+  }
+  get textContent() {
+    return this.childNodes.map((c) => c.textContent).join("");
+  }
+  set textContent(value) {
+    this.replaceChildren(...(value === "" || value === null || value === undefined ? [] : [String(value)]));
+  }
+  querySelectorAll(predicate) {
+    const out = [];
+    const walk = (n) => {
+      for (const c of n.childNodes) {
+        if (c instanceof FakeElement && predicate(c)) out.push(c);
+        walk(c);
+      }
+    };
+    walk(this);
+    return out;
+  }
+}
+class FakeText extends FakeNode {
+  constructor(text) {
+    super();
+    this.text = text;
+  }
+  get textContent() {
+    return this.text;
+  }
+}
+class FakeFragment extends FakeNode {}
+class FakeClassList {
+  constructor(el) {
+    this.el = el;
+  }
+  get set() {
+    return new Set(this.el.className.split(/\s+/).filter(Boolean));
+  }
+  add(...names) {
+    const s = this.set;
+    names.forEach((n) => s.add(n));
+    this.el.className = [...s].join(" ");
+  }
+  remove(...names) {
+    const s = this.set;
+    names.forEach((n) => s.delete(n));
+    this.el.className = [...s].join(" ");
+  }
+  toggle(name, force) {
+    const on = force === undefined ? !this.set.has(name) : Boolean(force);
+    if (on) this.add(name);
+    else this.remove(name);
+    return on;
+  }
+  contains(name) {
+    return this.set.has(name);
+  }
+}
+class FakeElement extends FakeNode {
+  constructor(tag) {
+    super();
+    this.tagName = tag.toUpperCase();
+    this.className = "";
+    this.attributes = {};
+    this.style = { cssText: "", display: "" };
+    this.dataset = {};
+    this.classList = new FakeClassList(this);
+    this.value = "";
+    this.readOnly = false;
+    this.disabled = false;
+    this.spellcheck = true;
+    this.rows = 2;
+    this.title = "";
+    this.scrollTop = 0;
+    this.scrollHeight = 0;
+    this.clientHeight = 0;
+    this.clientWidth = 0;
+    this.width = 300;
+    this.height = 150;
+  }
+  setAttribute(name, value) {
+    this.attributes[name] = String(value);
+  }
+  getAttribute(name) {
+    return this.attributes[name] ?? null;
+  }
+  getContext() {
+    return null;
+  }
+}
+const fakeDocument = {
+  head: new FakeElement("head"),
+  activeElement: null,
+  hidden: false,
+  createElement: (tag) => new FakeElement(tag),
+  createTextNode: (text) => new FakeText(text),
+  createDocumentFragment: () => new FakeFragment(),
+  getElementById(id) {
+    return this.head.querySelectorAll((e) => e.attributes.id === id)[0] ?? null;
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// stand-ins for the app, the api and LiteGraph nodes
+
+const requests = [];
+const routes = new Map(); // "GET /style_lora/dataset" -> (url, body) => [status, json]
+const eventListeners = {};
+let extension = null;
+let pollFn = null;
+const createdNodes = [];
+
+const api = {
+  async fetchApi(path, init = {}) {
+    const method = init.method ?? "GET";
+    const url = new URL(path, "http://comfy.local");
+    const body = init.body ? JSON.parse(init.body) : null;
+    requests.push({ method, path: url.pathname, query: Object.fromEntries(url.searchParams), body });
+    const handler = routes.get(`${method} ${url.pathname}`);
+    const [status, json] = handler ? handler(url, body) : [404, null];
+    return { ok: status >= 200 && status < 300, status, json: async () => {
+      if (json === null) throw new SyntaxError("no json");
+      return json;
+    } };
+  },
+  apiURL: (path) => `/api${path}`,
+  addEventListener(name, fn) {
+    (eventListeners[name] ??= []).push(fn);
+  },
+};
+const app = {
+  canvas: { default_connection_color_byType: {}, processMouseWheel() {} },
+  graph: { setDirtyCanvas() {} },
+  registerExtension(ext) {
+    extension = ext;
+  },
+};
+
+function makeNode(graph, type, widgets, inputs) {
+  const node = {
+    id: graph.nextId++,
+    type,
+    comfyClass: type,
+    title: type,
+    graph,
+    size: [300, 200],
+    inputs: inputs.map((name) => ({ name, link: null })),
+    widgets: Object.entries(widgets).map(([name, value]) => ({ name, value, options: {}, callback: null })),
+    addDOMWidget(name, type_, element, options) {
+      const widget = { name, type: type_, element, options: { ...options },
+        get value() { return this.options.getValue?.() ?? ""; },
+        set value(v) { this.options.setValue?.(v); this.callback?.(this.value); } };
+      this.widgets.push(widget);
+      return widget;
+    },
+    setSize(size) {
+      this.size = size;
+    },
+    computeSize() {
+      return [300, 100];
+    },
+    setDirtyCanvas() {},
+    getInputNode(slot) {
+      const link = graph.links.get(this.inputs[slot]?.link);
+      return link ? graph.nodes.get(link.origin) : null;
+    },
+  };
+  graph.nodes.set(node.id, node);
+  createdNodes.push(node);
+  return node;
+}
+
+function makeGraph() {
+  return { nextId: 1, nodes: new Map(), links: new Map(), nextLink: 1 };
+}
+
+function connect(graph, origin, target, inputName) {
+  const id = graph.nextLink++;
+  graph.links.set(id, { origin: origin.id });
+  target.inputs.find((i) => i.name === inputName).link = id;
+}
+
+const widget = (node, name) => node.widgets.find((w) => w.name === name);
+const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+before(async () => {
+  globalThis.__slt = { app, api };
+  globalThis.document = fakeDocument;
+  globalThis.Node = FakeNode;
+  globalThis.LGraphCanvas = { link_type_colors: { number: "#AAA" } };
+  register(`data:text/javascript,${encodeURIComponent(LOADER)}`);
+  await import("../../js/style_lora_trainer.js");
+  const realSetInterval = globalThis.setInterval;
+  globalThis.setInterval = (fn) => {
+    pollFn = fn;
+    return 0;
+  };
+  try {
+    await extension.setup();
+  } finally {
+    globalThis.setInterval = realSetInterval;
+  }
+});
+
+after(() => {
+  // Removing the nodes cancels the panels' pending debounced work (the fake DOM stays installed
+  // for anything already in flight).
+  for (const node of createdNodes) node.onRemoved?.();
+});
+
+// ---------------------------------------------------------------------------------------------
+
+const LISTING = {
+  folder: "apples", path: "/comfy/input/apples", caption_extension: ".txt", token_limit: 75, min_words: 5,
+  advice: ["Describe the subject."],
+  items: [
+    { file: "a.png", caption: "a red apple", caption_file: "a.txt", has_caption_file: true, width: 512, height: 512,
+      tokens: 3, issues: [{ level: "warning", code: "caption_short", message: "short" }] },
+    { file: "b.png", caption: "", caption_file: "b.txt", has_caption_file: false, width: 640, height: 480,
+      tokens: null, issues: [{ level: "warning", code: "caption_missing", message: "No caption file (b.txt)." }] },
+    { file: "c.png", caption: "a green pear on a wooden table, soft light", caption_file: "c.txt",
+      has_caption_file: true, width: 512, height: 768, tokens: 10, issues: [] },
+  ],
+};
+
+// The panels share dataset listings for a few seconds: each test uses its own folder name.
+function captionPipeline(folder = "apples") {
+  const graph = makeGraph();
+  const load = makeNode(graph, "StyleLoRALoadDataset", { folder, caption_extension: ".txt" }, ["clip"]);
+  const editor = makeNode(graph, "StyleLoRACaptionEditor", { prefix: "", suffix: "", find: "", replace: "",
+    write_back: false, edits: "{}" }, ["dataset", "captions"]);
+  connect(graph, load, editor, "dataset");
+  return { graph, load, editor };
+}
+
+test("setup registers the four training events and installs the link colours", () => {
+  for (const name of ["style_lora.train_start", "style_lora.train_step", "style_lora.train_epoch", "style_lora.train_end"]) {
+    assert.equal(eventListeners[name]?.length, 1, name);
+  }
+  assert.equal(LGraphCanvas.link_type_colors.STYLE_LORA_DATASET, "#7bbf8b");
+  Object.assign(LGraphCanvas.link_type_colors, { STYLE_LORA_DATASET: "" }); // a palette load
+  assert.equal(LGraphCanvas.link_type_colors.STYLE_LORA_DATASET, "#7bbf8b");
+  assert.equal(app.canvas.default_connection_color_byType.STYLE_LORA_RUN, "#e0a458");
+  assert.ok(fakeDocument.getElementById("style-lora-trainer-css"));
+  assert.equal(typeof pollFn, "function");
+});
+
+test("caption gallery: listing, bulk edits, hand edits in the edits widget, save", async () => {
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(LISTING)]);
+  routes.set("POST /style_lora/lint", (url, body) => [200, { token_limit: 75, min_words: 5,
+    results: body.captions.map((c) => ({ tokens: c.split(" ").length, issues: [] })) }]);
+  const { editor } = captionPipeline();
+  await extension.nodeCreated(editor);
+  const gallery = editor.styleLoraGallery;
+  assert.ok(gallery, "node.styleLoraGallery");
+  // The raw edits widget is hidden but still a normal (serialised) widget.
+  assert.equal(widget(editor, "edits").hidden, true);
+  assert.notEqual(widget(editor, "edits").serialize, false);
+  const panel = editor.widgets.find((w) => w.name === "caption_gallery");
+  assert.equal(panel.options.serialize, false);
+  assert.equal(panel.serialize, false);
+  assert.ok(panel.options.getMinHeight() >= 300);
+
+  pollFn();
+  await gallery.ready;
+  const get = requests.filter((r) => r.path === "/style_lora/dataset").at(-1);
+  assert.deepEqual(get.query, { folder: "apples", caption_extension: ".txt" });
+  assert.deepEqual(gallery.items.map((i) => i.file), ["a.png", "b.png", "c.png"]);
+  assert.deepEqual(gallery.captions, { "a.png": "a red apple", "b.png": "", "c.png": "a green pear on a wooden table, soft light" });
+  assert.equal(gallery.error, null);
+
+  // Bulk prefix from the node's own widget: previews follow on the next poll.
+  widget(editor, "prefix").value = "applestyle";
+  pollFn();
+  assert.equal(gallery.captions["a.png"], "applestyle, a red apple");
+  assert.equal(gallery.captions["b.png"], "applestyle");
+
+  // A hand edit is stored as an override in the edits JSON (the widget the workflow saves).
+  gallery.setCaption("a.png", "A glossy red apple with droplets of water, nestled among green leaves");
+  const stored = JSON.parse(widget(editor, "edits").value);
+  assert.deepEqual(stored.overrides, { "a.png": "A glossy red apple with droplets of water, nestled among green leaves" });
+  assert.equal(gallery.captions["a.png"], "applestyle, A glossy red apple with droplets of water, nestled among green leaves");
+  const row = gallery.items.find((i) => i.file === "a.png");
+  assert.equal(row.override, "A glossy red apple with droplets of water, nestled among green leaves");
+  // Setting it back to the file's caption removes the override.
+  gallery.setCaption("a.png", "a red apple");
+  assert.deepEqual(JSON.parse(widget(editor, "edits").value).overrides, {});
+  gallery.setCaption("a.png", "A glossy red apple with droplets of water, nestled among green leaves");
+
+  // Tags and highlighting.
+  assert.deepEqual(gallery.tags().slice(0, 1), [{ tag: "applestyle", count: 3 }]);
+
+  // Save writes the hand edits as typed (the bulk prefix stays a node setting); the server's
+  // answer is shown; the listing is read again.
+  gallery.setCaption("b.png", "a green apple\n on a plate");
+  let posted = null;
+  const saved = structuredClone(LISTING);
+  routes.set("POST /style_lora/captions", (url, body) => {
+    posted = body;
+    saved.items[0].caption = body.captions["a.png"];
+    saved.items[1].caption = body.captions["b.png"];
+    saved.items[1].has_caption_file = true;
+    return [200, { written: ["a.txt", "b.txt"], unchanged: [] }];
+  });
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(saved)]);
+  const answer = await gallery.save();
+  assert.equal(answer.ok, true);
+  assert.deepEqual(posted, { folder: "apples", caption_extension: ".txt", captions: {
+    "a.png": "A glossy red apple with droplets of water, nestled among green leaves",
+    "b.png": "a green apple, on a plate",
+  } });
+  assert.match(editor.styleLoraPanel.resultEl.textContent, /wrote 2 file/);
+  // The hand edits are in the files now: dropped from the edits widget; captions unchanged.
+  assert.deepEqual(JSON.parse(widget(editor, "edits").value).overrides, {});
+  assert.equal(gallery.captions["a.png"], "applestyle, A glossy red apple with droplets of water, nestled among green leaves");
+  assert.equal(gallery.captions["b.png"], "applestyle, a green apple, on a plate");
+  assert.deepEqual(await gallery.save().then((a) => a.data), { written: [], unchanged: [] }); // nothing left
+});
+
+test("caption gallery: exact lint results replace the estimates", async () => {
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(LISTING)]);
+  let linted = null;
+  routes.set("POST /style_lora/lint", (url, body) => {
+    linted = body.captions;
+    return [200, { token_limit: 75, min_words: 5, results: body.captions.map(() => ({ tokens: 99,
+      issues: [{ level: "info", code: "caption_long", message: "99 tokens" }] })) }];
+  });
+  const { editor } = captionPipeline("apples_lint");
+  await extension.nodeCreated(editor);
+  pollFn();
+  await editor.styleLoraGallery.ready;
+  widget(editor, "suffix").value = "by Someone";
+  pollFn();
+  const panel = editor.styleLoraPanel;
+  await panel.runLint();
+  assert.deepEqual(linted, ["a red apple, by Someone", "by Someone", "a green pear on a wooden table, soft light, by Someone"]);
+  const item = editor.styleLoraGallery.items[0];
+  assert.equal(item.tokens, 99);
+  assert.equal(item.lintExact, true);
+  assert.deepEqual(item.issues.map((i) => i.code), ["caption_long"]);
+});
+
+test("caption gallery: the server's error for a missing folder is shown, nothing throws", async () => {
+  routes.set("GET /style_lora/dataset", () => [404, { error: "Dataset folder /comfy/input/nope does not exist. Create it." }]);
+  const { editor, load } = captionPipeline();
+  widget(load, "folder").value = "nope";
+  await extension.nodeCreated(editor);
+  pollFn();
+  await editor.styleLoraGallery.ready;
+  assert.equal(editor.styleLoraGallery.error, "Dataset folder /comfy/input/nope does not exist. Create it.");
+  assert.match(editor.styleLoraPanel.messageEl.textContent, /does not exist/);
+  assert.deepEqual(editor.styleLoraGallery.items, []);
+  const answer = await editor.styleLoraGallery.save();
+  assert.equal(answer.ok, false);
+});
+
+test("caption gallery: an unconnected editor explains what to connect", async () => {
+  const graph = makeGraph();
+  const editor = makeNode(graph, "StyleLoRACaptionEditor", { prefix: "", suffix: "", find: "", replace: "",
+    write_back: false, edits: "{}" }, ["dataset", "captions"]);
+  await extension.nodeCreated(editor);
+  pollFn();
+  await editor.styleLoraGallery.ready;
+  assert.match(editor.styleLoraGallery.error, /Connect the dataset input/);
+});
+
+test("shuffle preview posts the upstream captions and the node's settings", async () => {
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(LISTING)]);
+  let body = null;
+  routes.set("POST /style_lora/shuffle_preview", (url, b) => {
+    body = b;
+    return [200, { text: "Caption shuffling: on", examples: [{ original: b.captions[2], shuffles: ["x, y", "x, z"] }] }];
+  });
+  const { graph, editor } = captionPipeline("apples_shuffle");
+  widget(editor, "prefix").value = "applestyle";
+  const shuffle = makeNode(graph, "StyleLoRAShuffleCaption", { enabled: true, separator: ",", keep_tokens: 1, seed: 7,
+    preview_count: 2 }, ["dataset"]);
+  connect(graph, editor, shuffle, "dataset");
+  await extension.nodeCreated(shuffle);
+  await shuffle.styleLoraShuffle.refresh();
+  assert.deepEqual(body, { captions: ["applestyle, a red apple", "applestyle",
+    "applestyle, a green pear on a wooden table, soft light"], enabled: true, separator: ",", keep_tokens: 1, seed: 7, count: 2 });
+  assert.equal(shuffle.styleLoraShuffle.examples.length, 1);
+  assert.equal(shuffle.styleLoraShuffle.error, null);
+  routes.set("POST /style_lora/shuffle_preview", () => [400, { error: "Cannot use these shuffle settings: bad" }]);
+  await shuffle.styleLoraShuffle.refresh();
+  assert.match(shuffle.styleLoraShuffle.error, /Cannot use these shuffle settings/);
+});
+
+test("training panel: server history after a reload, then live events for this node only", async () => {
+  const graph = makeGraph();
+  const train = makeNode(graph, "StyleLoRATrain", { epochs: 2 }, ["dataset"]);
+  routes.set("GET /style_lora/training", (url) => [200, { node: url.searchParams.get("node"), run: "r1", state: "running",
+    message: "", total_steps: 8, num_epochs: 2, steps_per_epoch: 4, start_step: 0, eta_seconds: 30,
+    points: [1, 2, 3].map((s) => ({ step: s, epoch: 1, loss: 0.3, lr: 1, dlr: 1e-4 })), epochs: [] }]);
+  await extension.nodeCreated(train);
+  const chart = train.styleLoraChart;
+  assert.ok(chart, "node.styleLoraChart");
+  await chart.refresh();
+  assert.equal(requests.filter((r) => r.path === "/style_lora/training").at(-1).query.node, String(train.id));
+  assert.deepEqual(chart.points.map((p) => p.step), [1, 2, 3]);
+  assert.equal(chart.state, "running");
+  const send = (name, detail) => eventListeners[`style_lora.${name}`].forEach((fn) => fn({ detail }));
+  send("train_step", { node: String(train.id), run: "r1", epoch: 1, num_epochs: 2, step: 3, total_steps: 8, loss: 0.3, lr: 1, dlr: 1e-4, eta_seconds: 25 });
+  send("train_step", { node: String(train.id), run: "r1", epoch: 1, num_epochs: 2, step: 4, total_steps: 8, loss: 0.2, lr: 1, dlr: 2e-4, eta_seconds: 20 });
+  send("train_step", { node: String(train.id + 100), run: "zz", epoch: 1, num_epochs: 2, step: 5, total_steps: 8, loss: 0.2, lr: 1, dlr: 2e-4, eta_seconds: 20 });
+  send("train_epoch", { node: String(train.id), run: "r1", epoch: 1, num_epochs: 2, step: 4, file: "x-000001.safetensors", mean_loss: 0.25 });
+  assert.deepEqual(chart.points.map((p) => p.step), [1, 2, 3, 4]);
+  assert.deepEqual(chart.epochs.map((e) => e.epoch), [1]);
+  send("train_end", { node: String(train.id), run: "r1", state: "finished", message: "2 epoch file(s)" });
+  assert.equal(chart.state, "finished");
+  // A new run on the same node starts a fresh chart.
+  send("train_start", { node: String(train.id), run: "r2", total_steps: 8, num_epochs: 2, steps_per_epoch: 4, start_step: 0 });
+  assert.deepEqual(chart.points, []);
+  assert.equal(chart.run, "r2");
+});
+
+test("onExecuted shows the node's text result in a read-only, unsaved widget", async () => {
+  const graph = makeGraph();
+  const save = makeNode(graph, "StyleLoRASaveEpochs", {}, []);
+  const nodeType = { prototype: save };
+  await extension.beforeRegisterNodeDef(nodeType, { name: "StyleLoRASaveEpochs" });
+  save.onExecuted({ text: ["saved x-000001.safetensors", "saved x-000002.safetensors"] });
+  const result = widget(save, "result");
+  assert.equal(result.value, "saved x-000001.safetensors\nsaved x-000002.safetensors");
+  assert.equal(result.serialize, false);
+  assert.equal(result.options.serialize, false);
+  // Not one of ours: untouched.
+  const other = { prototype: {} };
+  await extension.beforeRegisterNodeDef(other, { name: "KSampler" });
+  assert.equal(other.prototype.onExecuted, undefined);
+});
