@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 	@if command -v node >/dev/null 2>&1 && ls tests/js/*.test.mjs >/dev/null 2>&1; then \
-		node --test tests/js/; else echo "node or JS tests absent: JS unit tests skipped"; fi
+		node --test tests/js/*.test.mjs; else echo "node or JS tests absent: JS unit tests skipped"; fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -30,7 +30,16 @@ lint: $(STAMP)
 # COMFYUI_DIR (a ComfyUI checkout) and COMFYUI_PYTHON (the interpreter ComfyUI runs with), from the
 # environment or the command line; the pack's requirements are installed into that interpreter
 # first. Without them the tests report why they are skipped.
-e2e: $(STAMP)
+# The browser tests (tests/e2e/test_browser.py) also need Playwright in the dev venv
+# (requirements-e2e.txt; no browser download) and a system Chromium, else they say why they skip.
+# STYLE_LORA_SCREENSHOTS_TO=docs/img copies the README screenshots from the run.
+E2E_STAMP := $(VENV)/.installed-e2e-v1
+
+$(E2E_STAMP): $(STAMP) requirements-e2e.txt
+	$(PY) -m pip install -q -r requirements-e2e.txt
+	touch $(E2E_STAMP)
+
+e2e: $(STAMP) $(E2E_STAMP)
 	@if [ -n "$(COMFYUI_DIR)" ] && [ -n "$(COMFYUI_PYTHON)" ]; then \
 		"$(COMFYUI_PYTHON)" -m pip install -q -r requirements.txt; fi
 	COMFYUI_DIR="$(COMFYUI_DIR)" COMFYUI_PYTHON="$(COMFYUI_PYTHON)" HF_HUB_OFFLINE=1 \

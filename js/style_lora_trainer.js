@@ -736,18 +736,8 @@ class CaptionGallery {
     }
     const written = answer.data?.written ?? [];
     const unchanged = answer.data?.unchanged ?? [];
-    // A hand edit the file now holds is dropped (the file is the truth), unless an upstream
-    // Caption Editor would change the file's text, in which case the override keeps it as typed.
-    const { edits } = this.storedEdits();
-    let next = edits;
-    for (const file of files) {
-      if (next.overrides[file] === undefined) continue;
-      const saved = captions[file];
-      if (normalizeCaption(applyEditChain(saved, file, source.chain ?? [])) === saved) {
-        next = setOverride(next, file, null, "");
-      }
-    }
-    if (next !== edits) this.writeEdits(next);
+    // Hand edits stay in the edits widget after saving: the workflow keeps carrying them (a shared
+    // workflow used with the original dataset still trains on them); they now equal the files.
     this.showResult(`Saved: wrote ${written.length} file(s)${written.length ? ` (${written.join(", ")})` : ""}` +
       `${unchanged.length ? `; ${unchanged.length} unchanged` : ""}.`, "ok");
     listingCache.clear();

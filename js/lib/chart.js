@@ -264,17 +264,31 @@ function polyline(ctx, series, colour, width, dash = []) {
   ctx.lineWidth = width;
   ctx.setLineDash?.(dash);
   let pen = false;
+  const lonely = []; // points with no neighbour draw no line: mark them with a dot instead
+  let run = [];
+  const endRun = () => {
+    if (run.length === 1) lonely.push(run[0]);
+    run = [];
+  };
   for (const [px, py] of series) {
     if (!Number.isFinite(py) || !Number.isFinite(px)) {
       pen = false;
+      endRun();
       continue;
     }
     if (pen) ctx.lineTo(px, py);
     else ctx.moveTo(px, py);
     pen = true;
+    run.push([px, py]);
   }
+  endRun();
   ctx.stroke();
   ctx.setLineDash?.([]);
+  if (lonely.length) {
+    ctx.fillStyle = colour;
+    const r = Math.max(1.5, width);
+    for (const [px, py] of lonely) ctx.fillRect(px - r, py - r, 2 * r, 2 * r);
+  }
 }
 
 /**

@@ -70,3 +70,9 @@ def comfy_server(comfy_env, sd15_checkpoint, tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: runs against a real ComfyUI (COMFYUI_DIR / COMFYUI_PYTHON)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The browser module runs last: it shares the session's ComfyUI and writes its own files into
+    models/loras and input/, which the API-level tests list exactly."""
+    items.sort(key=lambda item: item.path.name == "test_browser.py")

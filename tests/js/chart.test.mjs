@@ -216,3 +216,13 @@ test("draw: a non-finite loss breaks the line instead of drawing to NaN", () => 
   }
   assert.equal(strokesIn(ctx.calls, COLOURS.loss)[0].segments, 3); // 1-2, then 4-5-6
 });
+
+test("draw: a run with one step so far shows that step as a dot", () => {
+  const ctx = recordingContext();
+  draw(ctx, run(1), 400, 200);
+  const dots = ctx.calls.filter((c) => c.op === "fillRect" && c.fillStyle === COLOURS.loss && c.args[2] < 10);
+  assert.equal(dots.length, 1); // one dot for the point (the legend swatch is 12 px wide)
+  const many = recordingContext();
+  draw(many, run(6), 400, 200);
+  assert.equal(many.calls.filter((c) => c.op === "fillRect" && c.fillStyle === COLOURS.loss && c.args[2] < 10).length, 0);
+});

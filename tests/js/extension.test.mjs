@@ -373,8 +373,10 @@ test("caption gallery: listing, bulk edits, hand edits in the edits widget, save
     "b.png": "a green apple, on a plate",
   } });
   assert.match(editor.styleLoraPanel.resultEl.textContent, /wrote 2 file/);
-  // The hand edits are in the files now: dropped from the edits widget; captions unchanged.
-  assert.deepEqual(JSON.parse(widget(editor, "edits").value).overrides, {});
+  // The hand edits are in the files now and stay in the edits widget (the workflow carries them).
+  assert.deepEqual(JSON.parse(widget(editor, "edits").value).overrides, {
+    "a.png": "A glossy red apple with droplets of water, nestled among green leaves",
+    "b.png": "a green apple\n on a plate" }); // as typed; normalised when used, like Python's
   assert.equal(gallery.captions["a.png"], "applestyle, A glossy red apple with droplets of water, nestled among green leaves");
   assert.equal(gallery.captions["b.png"], "applestyle, a green apple, on a plate");
   assert.deepEqual(await gallery.save().then((a) => a.data), { written: [], unchanged: [] }); // nothing left
