@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print("[7/7] EpochWeightGrid: epochs × LoRA weights")
     (grid,) = NODES["StyleLoRAEpochWeightGrid"]().render(
         model=model, clip=model, vae=model, prompts="\n".join(GRID_PROMPTS), negative="", weights=args.weights,
-        epochs_to_show="all", seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=1.0,
+        epochs_to_show="all", seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=3.0,
         sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)
     comfy_image_to_pil(grid)[0].save(out / "grid.png")
 
