@@ -386,9 +386,7 @@ class CaptionGallery {
         "(e.g. a trigger word): Shuffle Caption keeps it in place while the other parts move."),
       ...GUIDE_EXAMPLES.map(([before, after]) => el("li", {}, el("span", { class: "slt-before", text: `"${before}"` }), " → ",
         el("span", { class: "slt-after", text: `"${after}"` }))));
-    this.adviceExtra = el("ul", {});
-    this.help = el("details", { class: "slt-help" }, el("summary", { text: "Caption advice (from the guide)" }), advice,
-      this.adviceExtra);
+    this.help = el("details", { class: "slt-help" }, el("summary", { text: "Caption advice (from the guide)" }), advice);
     this.tagList = el("div", { class: "slt-tag-list" });
     this.tagSummary = el("summary", { text: "Tags" });
     this.tagBox = el("details", { class: "slt-tags" }, this.tagSummary, this.tagList);
@@ -499,7 +497,6 @@ class CaptionGallery {
           token_limit: listing.token_limit, min_words: listing.min_words });
       }
     }
-    this.adviceExtra.replaceChildren(...(listing?.advice ?? []).map((text) => el("li", { text })));
     this.buildRows();
     this.recompute();
   }

@@ -30,12 +30,6 @@ MAX_IMAGES_LISTED = 2000
 MAX_CAPTION_CHARS = 20_000
 MAX_CAPTIONS_PER_REQUEST = 2000
 THUMBNAIL_SIZES = (16, 512)
-CAPTION_ADVICE = (
-    "Describe the subject: what it is and what it looks like (\"a glossy red apple with droplets of water\").",
-    "Describe the context and backdrop: where it is and what surrounds it (\"nestled among green leaves\").",
-    "Name each distinct element separately, so the style is learnt apart from the things in the picture.",
-    "Keep the first part stable (e.g. a trigger word): shuffling keeps the first part in place.",
-)
 
 
 class CanvasError(StyleLoRAError):
@@ -127,7 +121,7 @@ def dataset_listing(folder: Any, caption_extension: Any = ".txt",
             "issues": _issues(caption, missing, caption_path.name, count_tokens),
         })
     return {"folder": folder, "path": str(path), "caption_extension": ext, "token_limit": CHUNK_TOKENS,
-            "min_words": MIN_WORDS, "advice": list(CAPTION_ADVICE), "items": items}
+            "min_words": MIN_WORDS, "items": items}
 
 
 def thumbnail_jpeg(folder: Any, file: Any, size: Any = 160) -> bytes:

@@ -43,7 +43,7 @@ def test_listing_shows_images_captions_sizes_and_badges(roots, clip_tokenizer):
     assert [i["code"] for i in short["issues"]] == ["caption_short"]
     assert not missing["has_caption_file"] and missing["caption_file"] == "img2.txt"
     assert [i["code"] for i in missing["issues"]] == ["caption_missing"]
-    assert listing["token_limit"] == 75 and any("backdrop" in a for a in listing["advice"])
+    assert listing["token_limit"] == 75 and listing["min_words"] == 5
 
 
 def test_listing_without_tokenizer_leaves_tokens_unknown(roots):

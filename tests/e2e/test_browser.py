@@ -517,9 +517,20 @@ def test_caption_editor_gallery_saves_a_typed_caption(ui, comfy_server):
     overrides = json.loads(state["widget"] or "{}").get("overrides", {})
     assert overrides.get("img1.png") == new_text, state  # the workflow keeps carrying the edit
     print(f"edits widget after save: {state['widget']!r}")
+
+    # A too-short caption (not saved) gets the guide's warning badge; for the README picture the
+    # advice and the tag list are opened too.
+    ui.eval("(id) => app.graph.getNodeById(id).styleLoraGallery.setCaption('img3.png', 'green dots')", editor_id)
+    badge = ui.wait_for("""() => {
+      const row = document.querySelector('[data-e2e="gallery"] [data-file="img3.png"]');
+      const b = row && row.querySelector('.slt-badge.slt-warning');
+      return b ? b.textContent : false; }""", timeout=20)
+    assert badge, "no warning badge on a two-word caption"
+    print(f"badge on a two-word caption: {badge!r}")
+    ui.eval("""() => { for (const d of document.querySelectorAll('[data-e2e="gallery"] details')) d.open = true; }""")
     ui.eval("""(id) => {
       const node = app.graph.getNodeById(id);
-      node.setSize([Math.max(node.size[0], 470), Math.max(node.size[1], 900)]);
+      node.setSize([Math.max(node.size[0], 470), Math.max(node.size[1], 1250)]);
       const root = document.querySelector('[data-e2e="gallery"]');
       for (const el of root ? [root, ...root.querySelectorAll('*')] : []) if (el.scrollTop) el.scrollTop = 0;
       window.__styleLoraFit([node], 1.0);

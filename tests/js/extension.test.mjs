@@ -275,7 +275,6 @@ after(() => {
 
 const LISTING = {
   folder: "apples", path: "/comfy/input/apples", caption_extension: ".txt", token_limit: 75, min_words: 5,
-  advice: ["Describe the subject."],
   items: [
     { file: "a.png", caption: "a red apple", caption_file: "a.txt", has_caption_file: true, width: 512, height: 512,
       tokens: 3, issues: [{ level: "warning", code: "caption_short", message: "short" }] },
