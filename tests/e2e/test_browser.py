@@ -313,6 +313,11 @@ def test_frontend_loads_pack_and_runs_a_graph_built_in_the_page(ui, comfy_server
     assert set(OUR_NODE_TYPES) <= set(state["types"]), state["types"]
     assert state["extension"], "the pack's js/style_lora_trainer.js was not loaded by the page"
     assert ui.open_dialogs() == [], f"a dialog is open after start-up: {ui.open_dialogs()}"
+    # ComfyUI's template browser lists the pack's workflows/ folder (under the pack's folder name).
+    templates = server.get_json("/api/workflow_templates")
+    listed = next((v for k, v in templates.items() if "style-lora-trainer" in k), None)
+    assert listed is not None, f"the pack's workflows are not in /api/workflow_templates: {sorted(templates)}"
+    assert sorted(listed) == _workflow_names(), listed
 
     folder = "browser_smoke"
     _make_dataset(server.base / "input", folder, count=2, size=SIZE)
