@@ -42,8 +42,9 @@ import {
   widgetValue,
 } from "./lib/graph.js";
 
+const SAVE_EPOCHS = "StyleLoRASaveEpochs";
 const OUR_NODES = new Set([
-  "StyleLoRALoadDataset", CAPTION_EDITOR, SHUFFLE_CAPTION, TRAIN, "StyleLoRASaveEpochs", "StyleLoRAEpochWeightGrid",
+  "StyleLoRALoadDataset", CAPTION_EDITOR, SHUFFLE_CAPTION, TRAIN, SAVE_EPOCHS, "StyleLoRAEpochWeightGrid",
 ]);
 const TRAIN_EVENTS = ["style_lora.train_start", "style_lora.train_step", "style_lora.train_epoch", "style_lora.train_end"];
 const POLL_MS = 700;
@@ -1111,6 +1112,9 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       if (message?.text?.length) showResultText(this, message.text.join("\n"));
       if (nodeData.name === TRAIN) this.styleLoraPanel?.refresh?.();
+      // New epoch files: refresh the node definitions so LoraLoader's list shows them at once
+      // (what pressing R does), instead of the user wondering where the files went.
+      if (nodeData.name === SAVE_EPOCHS && message?.text?.length) app.refreshComboInNodes?.()?.catch?.(() => {});
     };
   },
 });

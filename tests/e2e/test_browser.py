@@ -674,6 +674,16 @@ def test_live_training_chart_survives_reload_and_grid_preview(ui, comfy_server):
     ui.page.wait_for_timeout(400)
     ui.screenshot("training_graph_after_run")
 
+    # Save Epochs refreshed the node definitions: a LoraLoader added now (no reload, no R) lists
+    # the new files.
+    wanted = f"{name}/{name}-000002.safetensors"
+    listed = ui.wait_for("""(wanted) => {
+      const node = LiteGraph.createNode('LoraLoader');
+      const values = node.widgets.find((w) => w.name === 'lora_name').options.values;
+      const list = typeof values === 'function' ? values() : values;
+      return list.includes(wanted) ? list : false; }""", wanted, timeout=30)
+    print(f"LoraLoader lists: {[v for v in listed if name in v]}")
+
     # After the run: a reload rebuilds the finished chart from the route.
     reload_t = time.time()
     _reopen(ui)

@@ -484,7 +484,13 @@ test("onExecuted shows the node's text result in a read-only, unsaved widget", a
   const save = makeNode(graph, "StyleLoRASaveEpochs", {}, []);
   const nodeType = { prototype: save };
   await extension.beforeRegisterNodeDef(nodeType, { name: "StyleLoRASaveEpochs" });
+  let refreshed = 0;
+  app.refreshComboInNodes = async () => { refreshed += 1; };
   save.onExecuted({ text: ["saved x-000001.safetensors", "saved x-000002.safetensors"] });
+  assert.equal(refreshed, 1); // new epoch files reach LoraLoader's list without pressing R
+  save.onExecuted({});
+  assert.equal(refreshed, 1);
+  delete app.refreshComboInNodes;
   const result = widget(save, "result");
   assert.equal(result.value, "saved x-000001.safetensors\nsaved x-000002.safetensors");
   assert.equal(result.serialize, false);
