@@ -227,7 +227,10 @@ def register_routes() -> bool:
     instance = getattr(getattr(server, "PromptServer", None), "instance", None) if server is not None else None
     if instance is None:
         return False
+    if getattr(instance, "_style_lora_routes", False):  # the pack imported twice: aiohttp refuses duplicates
+        return True
     from .canvas_routes import add_routes
 
     add_routes(instance.routes, server.web, token_counter=caption_token_counter)
+    instance._style_lora_routes = True
     return True

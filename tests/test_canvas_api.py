@@ -253,3 +253,23 @@ def test_training_route_returns_the_nodes_history():
         json.dumps(data)
 
     _serve(go, history=h)
+
+
+def test_bridge_registers_the_routes_once_on_comfyuis_server(monkeypatch):
+    import sys
+    import types
+
+    from aiohttp import web
+
+    from style_lora_trainer.nodes import comfy_bridge
+
+    assert comfy_bridge.register_routes() is False  # no ComfyUI server here
+    instance = types.SimpleNamespace(routes=web.RouteTableDef())
+    fake_server = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance), web=web)
+    monkeypatch.setitem(sys.modules, "server", fake_server)
+    assert comfy_bridge.register_routes() is True
+    assert comfy_bridge.register_routes() is True  # a second import of the pack adds nothing
+    paths = sorted((r.method, r.path) for r in instance.routes)
+    assert paths == [("GET", "/style_lora/dataset"), ("GET", "/style_lora/thumbnail"), ("GET", "/style_lora/training"),
+                     ("POST", "/style_lora/captions"), ("POST", "/style_lora/lint"),
+                     ("POST", "/style_lora/shuffle_preview")]
