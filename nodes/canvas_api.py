@@ -85,6 +85,12 @@ def _caption_file(folder: Path, image: Path, ext: str) -> Path:
     return target
 
 
+def _tokens(caption: str, count_tokens: TokenCounter | None) -> int | None:
+    if count_tokens is None:
+        return None  # no tokenizer outside ComfyUI: the panel leaves the length badges out
+    return count_tokens(caption) if caption else 0
+
+
 def _issues(caption: str, missing: bool, caption_file: str, count_tokens: TokenCounter | None) -> list[dict]:
     return [{"level": level, "code": code, "message": text}
             for level, code, text in caption_issues(caption, missing, caption_file, count_tokens,
@@ -117,7 +123,7 @@ def dataset_listing(folder: Any, caption_extension: Any = ".txt",
         items.append({
             "file": image.name, "caption": caption, "caption_file": caption_path.name,
             "has_caption_file": not missing, "width": width, "height": height,
-            "tokens": count_tokens(caption) if count_tokens and caption else (0 if count_tokens else None),
+            "tokens": _tokens(caption, count_tokens),
             "issues": _issues(caption, missing, caption_path.name, count_tokens),
         })
     return {"folder": folder, "path": str(path), "caption_extension": ext, "token_limit": CHUNK_TOKENS,
@@ -192,7 +198,7 @@ def lint_captions(captions: Any, count_tokens: TokenCounter | None = None) -> di
     results = []
     for raw in captions:
         caption = normalize_caption(raw[:MAX_CAPTION_CHARS])
-        results.append({"tokens": (count_tokens(caption) if caption else 0) if count_tokens else None,
+        results.append({"tokens": _tokens(caption, count_tokens),
                         "issues": _issues(caption, not caption, "", count_tokens)})
     return {"token_limit": CHUNK_TOKENS, "min_words": MIN_WORDS, "results": results}
 
