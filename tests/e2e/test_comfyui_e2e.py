@@ -268,6 +268,9 @@ def test_interrupt_keeps_finished_epochs_and_requeue_resumes(comfy_server):
     entry = server.wait(prompt_id)
     assert entry["status"]["status_str"] == "error"
     assert "execution_interrupted" in status_messages(entry), status_messages(entry)
+    # The live chart's history says "stopped" (ComfyUI's interrupt reached the node unchanged).
+    history = server.get_json("/style_lora/training?node=train")
+    assert history["state"] == "stopped" and history["points"], history
     run_dir = first.parent
     files = sorted(p.name for p in run_dir.iterdir())
     assert "e2e_stop-000001.safetensors" in files and "e2e_stop-000003.safetensors" not in files
