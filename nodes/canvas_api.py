@@ -16,7 +16,13 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from ..style_lora_engine.atomic import atomic_write_text, safe_join
-from ..style_lora_engine.dataset import normalize_caption, normalize_caption_extension, read_caption_file
+from ..style_lora_engine.dataset import (
+    caption_file_of,
+    dataset_images,
+    normalize_caption,
+    normalize_caption_extension,
+    read_caption_file,
+)
 from ..style_lora_engine.errors import StyleLoRAError
 from ..style_lora_engine.images import IMAGE_EXTENSIONS, image_size, is_image_file
 from ..style_lora_engine.lint import CHUNK_TOKENS, caption_issues
@@ -33,7 +39,11 @@ THUMBNAIL_SIZES = (16, 512)
 
 
 class CanvasError(StyleLoRAError):
-    """A request the panel made that cannot be served; ``status`` is the HTTP status to answer."""
+    """A request the panel made that cannot be served; ``status`` is the HTTP status to answer.
+
+    The engine's own ``StyleLoRAError``s (a folder outside the roots, a bad caption extension, an
+    unreadable caption file) pass through unchanged: the routes answer them with 400.
+    """
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -43,10 +53,7 @@ class CanvasError(StyleLoRAError):
 def _folder(folder: Any) -> Path:
     if not isinstance(folder, str):
         raise CanvasError("The request needs 'folder': the LoadDataset node's folder text.")
-    try:
-        path = resolve_dataset_folder(folder)
-    except StyleLoRAError as exc:
-        raise CanvasError(str(exc)) from exc
+    path = resolve_dataset_folder(folder)
     if not path.is_dir():
         raise CanvasError(f"Dataset folder {path} does not exist. Create it in ComfyUI's input folder and put "
                           "your images there, or fix the folder name on the LoadDataset node.", 404)
@@ -54,10 +61,7 @@ def _folder(folder: Any) -> Path:
 
 
 def _extension(caption_extension: Any) -> str:
-    try:
-        return normalize_caption_extension(str(caption_extension or ".txt"))
-    except StyleLoRAError as exc:
-        raise CanvasError(str(exc)) from exc
+    return normalize_caption_extension(str(caption_extension or ".txt"))
 
 
 def _image_in(folder: Path, file: Any) -> Path:
@@ -66,23 +70,15 @@ def _image_in(folder: Path, file: Any) -> Path:
         raise CanvasError(f"Refusing {file!r}: give the name of an image file directly inside {folder}.")
     if not is_image_file(file):
         raise CanvasError(f"Refusing {file!r}: not an image file ({', '.join(IMAGE_EXTENSIONS)}).")
-    try:
-        path = safe_join(folder, file)
-    except StyleLoRAError as exc:
-        raise CanvasError(str(exc)) from exc
+    path = safe_join(folder, file)
     if path.parent != folder.resolve() or not path.is_file():
         raise CanvasError(f"There is no image {file!r} in {folder}. Reload the gallery.", 404)
     return path
 
 
 def _caption_file(folder: Path, image: Path, ext: str) -> Path:
-    try:
-        target = safe_join(folder, image.stem + ext)
-    except StyleLoRAError as exc:
-        raise CanvasError(str(exc)) from exc
-    if target.is_dir():
-        raise CanvasError(f"{target} is a folder, but it should be the caption file of {image.name}.")
-    return target
+    safe_join(folder, image.stem + ext)  # refuses a caption file that is a link out of the folder
+    return caption_file_of(image, ext)
 
 
 def _tokens(caption: str, count_tokens: TokenCounter | None) -> int | None:
@@ -103,8 +99,7 @@ def dataset_listing(folder: Any, caption_extension: Any = ".txt",
     sizes, token counts and the guide's caption findings."""
     path = _folder(folder)
     ext = _extension(caption_extension)
-    images = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p)),
-                    key=lambda p: p.name)
+    images = dataset_images(path)
     if len(images) > MAX_IMAGES_LISTED:
         raise CanvasError(f"{path} holds {len(images)} images; the gallery shows at most {MAX_IMAGES_LISTED}. "
                           "The guide uses 30-100 images: move the rest elsewhere.")
@@ -112,10 +107,7 @@ def dataset_listing(folder: Any, caption_extension: Any = ".txt",
     for image in images:
         caption_path = _caption_file(path, image, ext)
         missing = not caption_path.is_file()
-        try:
-            caption = "" if missing else read_caption_file(caption_path)
-        except StyleLoRAError as exc:
-            raise CanvasError(str(exc)) from exc
+        caption = "" if missing else read_caption_file(caption_path)
         try:
             width, height = image_size(image)
         except StyleLoRAError:
@@ -208,14 +200,15 @@ def shuffle_preview(body: dict[str, Any]) -> dict[str, Any]:
     captions = body.get("captions", [])
     if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
         raise CanvasError("The request needs 'captions': a list of caption texts.")
+    if len(captions) > MAX_CAPTIONS_PER_REQUEST:
+        raise CanvasError(f"At most {MAX_CAPTIONS_PER_REQUEST} captions per request.")
     try:
         settings = ShuffleSettings(enabled=bool(body.get("enabled", True)), separator=str(body.get("separator", ",")),
                                    keep_tokens=int(body.get("keep_tokens", 1)), seed=int(body.get("seed", 0)))
         count = max(1, min(10, int(body.get("count", 3))))
     except (TypeError, ValueError, StyleLoRAError) as exc:
         raise CanvasError(f"Cannot use these shuffle settings: {exc}") from exc
-    shown = [normalize_caption(c) for c in captions[:5]]
+    normalized = [normalize_caption(c) for c in captions]
     examples = [{"original": c, "shuffles": [shuffle_caption(c, settings, step, i) for step in range(count)]}
-                for i, c in enumerate(shown)]
-    return {"text": preview_shuffles([normalize_caption(c) for c in captions], settings, count=count),
-            "examples": examples}
+                for i, c in enumerate(normalized[:5])]
+    return {"text": preview_shuffles(normalized, settings, count=count), "examples": examples}

@@ -50,7 +50,8 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
 
     async def body(request: Any) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise canvas_api.CanvasError("The request is too large.", 413)
+            raise canvas_api.CanvasError(f"The request is larger than {MAX_BODY_BYTES // 2**20} MiB; send fewer "
+                                         "captions at a time.", 413)
         try:
             data = json.loads(await request.text())
         except json.JSONDecodeError as exc:
@@ -63,8 +64,9 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
     @guarded
     async def dataset(request: Any) -> Any:
         q = request.query
-        listing = await asyncio.to_thread(canvas_api.dataset_listing, q.get("folder"),
-                                          q.get("caption_extension", ".txt"), token_counter())
+        # token_counter() loads the tokenizer on first use: in the worker thread too.
+        listing = await asyncio.to_thread(lambda: canvas_api.dataset_listing(
+            q.get("folder"), q.get("caption_extension", ".txt"), token_counter()))
         return web.json_response(listing)
 
     @routes.get(f"{PREFIX}/thumbnail")
@@ -86,13 +88,14 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
     @guarded
     async def lint(request: Any) -> Any:
         data = await body(request)
-        result = await asyncio.to_thread(canvas_api.lint_captions, data.get("captions"), token_counter())
+        result = await asyncio.to_thread(lambda: canvas_api.lint_captions(data.get("captions"), token_counter()))
         return web.json_response(result)
 
     @routes.post(f"{PREFIX}/shuffle_preview")
     @guarded
     async def shuffle_preview(request: Any) -> Any:
-        return web.json_response(canvas_api.shuffle_preview(await body(request)))
+        data = await body(request)
+        return web.json_response(await asyncio.to_thread(canvas_api.shuffle_preview, data))
 
     @routes.get(f"{PREFIX}/training")
     @guarded

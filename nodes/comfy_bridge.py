@@ -212,7 +212,7 @@ def caption_token_counter() -> Callable[[str], int] | None:
     try:
         from transformers import CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - badges without token counts beat a broken panel
         log.warning("Style LoRA: no caption token counts (%s)", exc)
         return None

@@ -117,16 +117,18 @@ class StyleLoRATrain:
         node_key = node_id or "?"
         started = False
 
-        def on_step(info: StepInfo) -> None:
+        def begin(total_steps: int, steps_per_epoch: int, start_step: int) -> None:
             nonlocal started
+            started = True
+            HISTORY.start(node_key, run_id, total_steps=total_steps, num_epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch, start_step=start_step)
+            comfy_bridge.send_event(comfy_bridge.EVENT_START, {
+                "node": node_id, "run": run_id, "total_steps": total_steps, "num_epochs": config.epochs,
+                "steps_per_epoch": steps_per_epoch, "start_step": start_step})
+
+        def on_step(info: StepInfo) -> None:
             if not started:  # the first step tells the run's size (and where a resumed run starts)
-                started = True
-                start = {"node": node_id, "run": run_id, "total_steps": info.total_steps,
-                         "num_epochs": info.num_epochs, "steps_per_epoch": info.steps_per_epoch,
-                         "start_step": info.global_step - 1}
-                HISTORY.start(node_key, run_id, total_steps=info.total_steps, num_epochs=info.num_epochs,
-                              steps_per_epoch=info.steps_per_epoch, start_step=info.global_step - 1)
-                comfy_bridge.send_event(comfy_bridge.EVENT_START, start)
+                begin(info.total_steps, info.steps_per_epoch, info.global_step - 1)
             comfy_bridge.check_interrupt()  # Stop takes effect within one step
             progress.update_absolute(info.global_step, info.total_steps)
             comfy_bridge.send_status_text(format_status(info), node_id)
@@ -142,9 +144,8 @@ class StyleLoRATrain:
                 "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss})
 
         def on_end(state: str, message: str) -> None:
-            if not started:  # failed before the first step (e.g. out of memory caching latents)
-                HISTORY.start(node_key, run_id, total_steps=0, num_epochs=config.epochs, steps_per_epoch=0,
-                              start_step=0)
+            if not started:  # ended before the first step (out of memory caching latents, nothing left to train)
+                begin(0, 0, 0)
             HISTORY.end(node_key, run_id, state, message)
             comfy_bridge.send_event(comfy_bridge.EVENT_END, {"node": node_id, "run": run_id, "state": state,
                                                              "message": message})

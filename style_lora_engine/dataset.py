@@ -140,6 +140,31 @@ def _pixel_hash(image: Any) -> str:
     return digest.hexdigest()
 
 
+def _list_folder(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise DatasetError(f"Cannot list dataset folder {folder}: {exc}. Check its permissions.") from exc
+
+
+def _is_dataset_image(path: Path) -> bool:
+    return not path.name.startswith(".") and is_image_file(path) and path.is_file()
+
+
+def dataset_images(folder: Path) -> list[Path]:
+    """The images a dataset folder trains on: top level, not hidden, sorted by name."""
+    return [p for p in _list_folder(folder) if _is_dataset_image(p)]
+
+
+def caption_file_of(image_path: Path, caption_extension: str) -> Path:
+    """``image_path``'s caption file (same stem, next to it); refuses a folder of that name."""
+    caption_path = image_path.with_name(image_path.stem + caption_extension)
+    if caption_path.is_dir():
+        raise DatasetError(f"{caption_path} is a folder, but it should be the caption file of {image_path.name}. "
+                           "Rename or remove that folder.")
+    return caption_path
+
+
 def load_dataset(
     folder: str | os.PathLike[str],
     *,
@@ -171,13 +196,8 @@ def load_dataset(
     ext = normalize_caption_extension(caption_extension)
     buckets.effective(resolution)  # validate the bucket settings before the slow scan
 
-    try:
-        entries = sorted(folder_path.iterdir(), key=lambda p: p.name)
-    except OSError as exc:
-        raise DatasetError(f"Cannot list dataset folder {folder_path}: {exc}. Check its permissions.") from exc
-    image_paths = [
-        p for p in entries if not p.name.startswith(".") and is_image_file(p) and p.is_file()
-    ]
+    entries = _list_folder(folder_path)
+    image_paths = [p for p in entries if _is_dataset_image(p)]
 
     items: list[DatasetItem] = []
     skipped: list[tuple[Path, str]] = []
@@ -192,9 +212,7 @@ def load_dataset(
         width, height = rgb.size
         pixel_hash = _pixel_hash(rgb)
         rgb.close()
-        caption_path = image_path.with_name(image_path.stem + ext)
-        if caption_path.is_dir():
-            raise DatasetError(f"{caption_path} is a folder, but it should be the caption file of {image_path.name}.")
+        caption_path = caption_file_of(image_path, ext)
         missing = not caption_path.is_file()
         caption = "" if missing else read_caption_file(caption_path)
         items.append(

@@ -180,3 +180,28 @@ def test_train_node_streams_start_step_epoch_end_and_keeps_history_for_reloads(e
         NODES["StyleLoRATrain"]().train(**(args | {"output_name": "events2"}))
     assert events[-1][0] == "style_lora.train_end" and events[-1][1]["state"] == "stopped"
     assert HISTORY.snapshot("17")["state"] == "stopped"
+
+
+def test_train_node_failing_before_its_first_step_tells_the_panel(env, clip_tokenizer, monkeypatch):
+    from style_lora_trainer.nodes import comfy_bridge, train_node
+    from style_lora_trainer.nodes.training_history import HISTORY
+
+    events = []
+    monkeypatch.setattr(comfy_bridge, "send_event", lambda name, payload: events.append((name, payload)))
+
+    def out_of_memory(*args, **kwargs):
+        raise StyleLoRAError("Out of memory while caching latents. Try a lower resolution.")
+
+    monkeypatch.setattr(train_node, "train_lora", out_of_memory)
+    model = build_tiny_sd15(clip_tokenizer, seed=0)
+    dataset, _ = _load()
+    with pytest.raises(StyleLoRAError, match="Out of memory"):
+        NODES["StyleLoRATrain"]().train(
+            model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
+            output_name="oom", rank=2, alpha=1.0, optimizer="AdamW", learning_rate=1e-4, lr_scheduler="constant",
+            lr_warmup_steps=0, epochs=2, batch_size=4, seed=0, mixed_precision="auto",
+            gradient_checkpointing=False, cache_latents=True, unique_id="23")
+    assert [n for n, _ in events] == ["style_lora.train_start", "style_lora.train_end"]
+    assert events[0][1]["run"] == events[1][1]["run"]  # the page switches to the new run, then sees it fail
+    assert events[1][1]["state"] == "failed" and "Out of memory" in events[1][1]["message"]
+    assert HISTORY.snapshot("23")["state"] == "failed"
