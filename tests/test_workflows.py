@@ -138,7 +138,7 @@ def _check_value(where: str, name: str, spec: tuple | None, value: Any) -> list[
     if "max" in opts and value > opts["max"]:
         errors.append(f"{where}: {name} = {value!r} is above max {opts['max']}")
     step = opts.get("step", 1)
-    if head == "INT" and step > 1 and (value - opts.get("min", 0) % step) % step:
+    if head == "INT" and step > 1 and (value - opts.get("min", 0)) % step:
         errors.append(f"{where}: {name} = {value!r} is not on its step {step}")
     return errors
 

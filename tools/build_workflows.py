@@ -217,6 +217,9 @@ class Workflow:
     # nodes and links
     def node(self, type_: str, widgets: dict[str, Any] | None = None, *, width: int = 380,
              height: int | None = None, title: str | None = None) -> Node:
+        if type_ not in self.defs:
+            raise KeyError(f"unknown node type {type_!r}; add its definition to tests/data/comfyui_core_nodes.json "
+                           "(from a real ComfyUI's /object_info) or check the spelling")
         d = self.defs[type_]
         given = dict(widgets or {})
         unknown = sorted(set(given) - {w.name for w in d.widgets})
@@ -251,8 +254,11 @@ class Workflow:
                          height=_note_height(text, width), title=title)
 
     def link(self, src: Node, output: str, dst: Node, input_name: str) -> None:
-        out_slot = next(i for i, o in enumerate(src.outputs) if o["name"] == output)
-        in_slot = next(i for i, o in enumerate(dst.inputs) if o["name"] == input_name)
+        out_slot = next((i for i, o in enumerate(src.outputs) if o["name"] == output), None)
+        in_slot = next((i for i, o in enumerate(dst.inputs) if o["name"] == input_name), None)
+        if out_slot is None or in_slot is None:
+            raise KeyError(f"cannot link {src.type}.{output} to {dst.type}.{input_name}: outputs of {src.type} are "
+                           f"{[o['name'] for o in src.outputs]}, inputs of {dst.type} {[i['name'] for i in dst.inputs]}")
         out_type, in_type = src.outputs[out_slot]["type"], dst.inputs[in_slot]["type"]
         if in_type not in ("*", out_type):
             raise TypeError(f"cannot link {src.type}.{output} ({out_type}) to {dst.type}.{input_name} ({in_type})")
@@ -293,7 +299,9 @@ class Workflow:
             x += GROUP_PAD + GROUP_GAP + GROUP_PAD
         placed = [n for g in self.groups for c in g.columns for n in [*c.above, *c.items]]
         if sorted(n.id for n in placed) != [n.id for n in self.nodes]:
-            raise ValueError("every node must be placed in exactly one column of one group")
+            counts = {n.id: sum(1 for p in placed if p.id == n.id) for n in self.nodes}
+            wrong = [f"{n.id} {n.type} (placed {counts[n.id]}x)" for n in self.nodes if counts[n.id] != 1]
+            raise ValueError(f"every node must be placed in exactly one column of one group: {wrong}")
         bottom = max(n.pos[1] + n.height for n in self.nodes) + GROUP_PAD
         for g in self.groups:
             g.bounds = (g.bounds[0], g.bounds[1], g.bounds[2], bottom - g.bounds[1])
@@ -316,7 +324,8 @@ class Workflow:
                     if incoming[target.id] == 0:
                         queue.append(target)
         if order != len(self.nodes):
-            raise ValueError("the workflow has a cycle")
+            stuck = [f"{n.id} {n.type}" for n in self.nodes if incoming[n.id] > 0]
+            raise ValueError(f"the workflow has a cycle through {stuck}")
 
     def to_json(self, name: str) -> dict[str, Any]:
         self._layout()
@@ -520,6 +529,30 @@ class GuideRun:
     grid_steps: int
 
 
+def _dataset_node(wf: Workflow, resolution: int, max_bucket: int) -> Node:
+    return wf.node("StyleLoRALoadDataset", {
+        "folder": "my_style_dataset", "caption_extension": ".txt", "repeats": 10, "resolution": resolution,
+        "enable_bucket": True, "min_bucket_size": 256, "max_bucket_size": max_bucket, "bucket_step": 64,
+        "bucket_no_upscale": False, "skip_unreadable": False})
+
+
+def _caption_editor_node(wf: Workflow) -> Node:
+    return wf.node("StyleLoRACaptionEditor", {"prefix": "", "suffix": "", "find": "", "replace": "",
+                                               "write_back": False, "edits": "{}"})
+
+
+def _shuffle_node(wf: Workflow, preview_count: int) -> Node:
+    return wf.node("StyleLoRAShuffleCaption", {"enabled": True, "separator": ",", "keep_tokens": 1, "seed": 0,
+                                              "preview_count": preview_count})
+
+
+def _grid_node(wf: Workflow, steps: int, size: int, lora_name: str) -> Node:
+    return wf.node("StyleLoRAEpochWeightGrid", {
+        "prompts": GRID_PROMPTS, "negative": GRID_NEGATIVE, "weights": "0.6, 0.8, 1.0", "epochs_to_show": "all",
+        "seed": 0, "images_per_prompt": 1, "steps": steps, "cfg": 7.0, "sampler_name": "dpmpp_2m",
+        "scheduler": "karras", "width": size, "height": size, "lora_name": lora_name}, width=460)
+
+
 def _training_workflow(defs: dict[str, NodeDef], run: GuideRun, overview: str, train_note: str) -> Workflow:
     wf = Workflow(defs)
     ckpt = wf.node("CheckpointLoaderSimple", {"ckpt_name": run.checkpoint})
@@ -530,21 +563,16 @@ Any {run.arch} checkpoint. Its MODEL, CLIP and VAE feed the dataset check (exact
 training and the grid. Train on the model you will generate with.
 """, 380)
 
-    dataset = wf.node("StyleLoRALoadDataset", {
-        "folder": "my_style_dataset", "caption_extension": ".txt", "repeats": 10, "resolution": run.resolution,
-        "enable_bucket": True, "min_bucket_size": 256, "max_bucket_size": run.max_bucket, "bucket_step": 64,
-        "bucket_no_upscale": False, "skip_unreadable": False})
+    dataset = _dataset_node(wf, run.resolution, run.max_bucket)
     lint = wf.node("PreviewAny", height=260, title="Lint report")
     dataset_note = wf.note("Guide: dataset", NOTE_DATASET.format(repeats=10, resolution=run.resolution,
                                                                  arch=run.arch), 380)
 
-    captions = wf.node("StyleLoRACaptionEditor", {"prefix": "", "suffix": "", "find": "", "replace": "",
-                                                   "write_back": False, "edits": "{}"})
+    captions = _caption_editor_node(wf)
     captions_note = wf.note("Guide: captions", NOTE_CAPTIONS, 560)
 
     # The node shows its example shuffles itself (before a run in its panel, after it as text).
-    shuffle = wf.node("StyleLoRAShuffleCaption", {"enabled": True, "separator": ",", "keep_tokens": 1, "seed": 0,
-                                                  "preview_count": 3})
+    shuffle = _shuffle_node(wf, 3)
     shuffle_note = wf.note("Guide: token shuffling", NOTE_SHUFFLE, 420)
 
     train = wf.node("StyleLoRATrain", {
@@ -560,10 +588,7 @@ training and the grid. Train on the model you will generate with.
                                            "overwrite": False}, width=340)
     save_note = wf.note("Guide: every epoch saved", NOTE_SAVE.format(name=run.name, epochs=20), 340)
 
-    grid = wf.node("StyleLoRAEpochWeightGrid", {
-        "prompts": GRID_PROMPTS, "negative": GRID_NEGATIVE, "weights": "0.6, 0.8, 1.0", "epochs_to_show": "all",
-        "seed": 0, "images_per_prompt": 1, "steps": run.grid_steps, "cfg": 7.0, "sampler_name": "dpmpp_2m",
-        "scheduler": "karras", "width": run.grid_size, "height": run.grid_size, "lora_name": ""}, width=460)
+    grid = _grid_node(wf, run.grid_steps, run.grid_size, "")
     grid_preview = wf.node("PreviewImage", width=460, height=560, title="Epoch × weight grid")
     grid_note = wf.note("Guide: the sweet spot", _note_grid(
         "(from Save Epochs)", "Then use that epoch's file like any LoRA: see `style_lora_compare_epochs.json`."), 460)
@@ -640,30 +665,25 @@ VRAM forces it. **cache_latents** on: the VAE is not needed during training.
 def captioning_only(defs: dict[str, NodeDef]) -> Workflow:
     wf = Workflow(defs)
     ckpt = wf.node("CheckpointLoaderSimple", {"ckpt_name": SD15_CHECKPOINT})
-    intro = wf.note("Read me", """
+    intro = wf.note("Read me", f"""
 # Prepare a dataset (no training)
 Check the images, edit the captions and preview the token shuffling before you train.
 Queue it as often as you like: nothing is trained and, with write_back off, no file is changed.
 
 The Load Checkpoint is optional: its CLIP only makes the lint report count caption tokens with the
 model's real tokenizer. Set the checkpoint you will train on (placeholder
-`v1-5-pruned-emaonly.safetensors`), or delete the node.
+`{SD15_CHECKPOINT}`), or delete the node.
 """, 380)
 
-    dataset = wf.node("StyleLoRALoadDataset", {
-        "folder": "my_style_dataset", "caption_extension": ".txt", "repeats": 10, "resolution": 512,
-        "enable_bucket": True, "min_bucket_size": 256, "max_bucket_size": 1024, "bucket_step": 64,
-        "bucket_no_upscale": False, "skip_unreadable": False})
+    dataset = _dataset_node(wf, 512, 1024)
     lint = wf.node("PreviewAny", height=320, title="Lint report")
     dataset_note = wf.note("Guide: dataset", NOTE_DATASET.format(repeats=10, resolution=512, arch="SD1.5"), 380)
 
-    captions = wf.node("StyleLoRACaptionEditor", {"prefix": "", "suffix": "", "find": "", "replace": "",
-                                                   "write_back": False, "edits": "{}"})
+    captions = _caption_editor_node(wf)
     captions_text = wf.node("PreviewAny", height=320, title="Edited captions")
     captions_note = wf.note("Guide: captions", NOTE_CAPTIONS, 560)
 
-    shuffle = wf.node("StyleLoRAShuffleCaption", {"enabled": True, "separator": ",", "keep_tokens": 1, "seed": 0,
-                                                  "preview_count": 5})
+    shuffle = _shuffle_node(wf, 5)
     # ShuffleCaption is not an output node: without something using its output it would not run.
     preview = wf.node("PreviewAny", height=320, title="Shuffle preview")
     shuffle_note = wf.note("Guide: token shuffling", NOTE_SHUFFLE, 420)
@@ -695,10 +715,7 @@ name in the grid's `lora_name` (`my_style`) and, once you have picked an epoch, 
 (placeholder `{CHOSEN_EPOCH_LORA}`).
 """, 380)
 
-    grid = wf.node("StyleLoRAEpochWeightGrid", {
-        "prompts": GRID_PROMPTS, "negative": GRID_NEGATIVE, "weights": "0.6, 0.8, 1.0", "epochs_to_show": "all",
-        "seed": 0, "images_per_prompt": 1, "steps": 20, "cfg": 7.0, "sampler_name": "dpmpp_2m",
-        "scheduler": "karras", "width": 512, "height": 512, "lora_name": "my_style"}, width=460)
+    grid = _grid_node(wf, 20, 512, "my_style")
     grid_preview = wf.node("PreviewImage", width=460, height=560, title="Epoch × weight grid")
     grid_note = wf.note("Guide: the sweet spot", _note_grid(
         "found from `lora_name` (no `epochs` link)",
