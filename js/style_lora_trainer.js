@@ -24,7 +24,7 @@ import {
   tryParseEdits,
   unknownOverrides,
 } from "./lib/captions.js";
-import { badges, CAPTION_ADVICE, LintCache, worstLevel } from "./lib/lint.js";
+import { badges, LintCache, worstLevel } from "./lib/lint.js";
 import { applyEvent, applySnapshot, beginFetch, createHistory } from "./lib/history.js";
 import { draw, headerText } from "./lib/chart.js";
 import { colourCss, installDefaultColours, TYPE_COLOURS } from "./lib/colours.js";
@@ -49,6 +49,7 @@ const OUR_NODES = new Set([
 const TRAIN_EVENTS = ["style_lora.train_start", "style_lora.train_step", "style_lora.train_epoch", "style_lora.train_end"];
 const POLL_MS = 700;
 const LINT_DEBOUNCE_MS = 500;
+const LINT_RETRY_MS = 10000; // after a failed POST /style_lora/lint
 const SHUFFLE_DEBOUNCE_MS = 300;
 const LISTING_TTL_MS = 4000;
 const THUMB_SIZE = 160;
@@ -115,7 +116,9 @@ function datasetListing(folder, captionExtension, { fresh = false } = {}) {
   if (!fresh && cached && Date.now() - cached.time < LISTING_TTL_MS) return cached.promise;
   const query = new URLSearchParams({ folder, caption_extension: captionExtension });
   const promise = fetchJson(`/style_lora/dataset?${query}`);
-  listingCache.set(key, { time: Date.now(), promise });
+  const now = Date.now();
+  for (const [other, entry] of listingCache) if (now - entry.time >= LISTING_TTL_MS) listingCache.delete(other);
+  listingCache.set(key, { time: now, promise });
   return promise;
 }
 
@@ -160,22 +163,40 @@ function routeWheel(scroller) {
   }, { passive: false });
 }
 
-function addPanelWidget(node, name, element, minHeight) {
-  const widget = node.addDOMWidget(name, "style_lora_panel", element, {
+/** A DOM widget that is neither an input of the node nor saved in the workflow. */
+function addUnsavedWidget(node, name, type, element, { minHeight, getValue = () => "", setValue = () => {} }) {
+  const widget = node.addDOMWidget(name, type, element, {
     serialize: false, // not an input of the node
     hideOnZoom: true,
-    getValue: () => "",
-    setValue: () => {},
+    getValue,
+    setValue,
     getMinHeight: () => minHeight,
   });
-  widget.serialize = false; // not saved in the workflow either: everything shown is derived
+  widget.serialize = false; // not saved in the workflow either
   return widget;
 }
 
+function addPanelWidget(node, name, element, minHeight) {
+  return addUnsavedWidget(node, name, "style_lora_panel", element, { minHeight }); // everything shown is derived
+}
+
 function ensureWidth(node, width, height) {
-  if (!Array.isArray(node.size) && !(node.size?.length >= 2)) return;
+  if (!(node.size?.length >= 2)) return;
   const [w, h] = node.size;
   if (w < width || h < height) node.setSize?.([Math.max(w, width), Math.max(h, height)]);
+}
+
+/** Grow the node to its computed height (after a widget was shown or added). */
+function growToMinHeight(node) {
+  const [w, h] = node.size ?? [0, 0];
+  const min = node.computeSize?.();
+  if (min && h < min[1]) node.setSize?.([w, min[1]]);
+}
+
+/** Whether an image's issues need the user (an "info" alone does not). */
+function hasIssues(item) {
+  const level = worstLevel(item.issues ?? []);
+  return level !== "ok" && level !== "info";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,14 +350,15 @@ class CaptionGallery {
     this.highlight = null;
     this.filter = "all";
     this.lint = new LintCache();
-    this.lintFailedAt = 0;
+    this.lintRetry = null; // the retry timer after a failed lint
     this.lintInFlight = false;
+    this.disposed = false;
     this.ready = Promise.resolve();
     this.rows = new Map(); // file -> {row, textarea, final, badges}
     this.scheduleLint = debounce(() => this.runLint(), LINT_DEBOUNCE_MS);
     this.scheduleCheck = debounce(() => this.check(), 120);
     this.build();
-    this.widget = addPanelWidget(node, "caption_gallery", this.root, 340);
+    addPanelWidget(node, "caption_gallery", this.root, 340);
     this.hideEditsWidget(true);
     hookWidgetCallbacks(node, ["prefix", "suffix", "find", "replace", "edits"], this.scheduleCheck);
     // The public face, for users' scripts and the browser tests.
@@ -405,11 +427,7 @@ class CaptionGallery {
     widget.hidden = hidden; // LiteGraph canvas
     if (widget.options) widget.options.hidden = hidden; // Nodes 2.0
     this.jsonBtn?.classList.toggle("slt-active", !hidden);
-    if (!hidden) {
-      const [w, h] = this.node.size ?? [0, 0];
-      const min = this.node.computeSize?.();
-      if (min && h < min[1]) this.node.setSize?.([w, min[1]]);
-    }
+    if (!hidden) growToMinHeight(this.node);
     markDirty(this.node);
   }
 
@@ -436,6 +454,11 @@ class CaptionGallery {
     return tagFrequency(this.items.map((item) => item.final), this.separator());
   }
 
+  /** A string that changes whenever the captions shown for an unchanged listing would change. */
+  viewKeyOf(source, own) {
+    return JSON.stringify([chainKey(source), own.edits, own.error, inputLinked(this.node, "captions")]);
+  }
+
   /** Called by the poll and by widget callbacks: reload when the source changed, else recompute. */
   check() {
     const source = datasetSource(this.node);
@@ -446,9 +469,7 @@ class CaptionGallery {
       this.reload();
       return;
     }
-    const own = this.ownEdits();
-    const view = JSON.stringify([chainKey(source), own.edits, own.error, inputLinked(this.node, "captions")]);
-    if (view !== this.viewKey) this.recompute();
+    if (this.viewKeyOf(source, this.ownEdits()) !== this.viewKey) this.recompute();
   }
 
   reload({ fresh = false } = {}) {
@@ -461,6 +482,8 @@ class CaptionGallery {
     const source = datasetSource(this.node);
     this.source = source;
     this.loadedKey = sourceKey(source);
+    // Every load sets `loading` before its first return; a superseded one leaves it to the newest.
+    this.loading = false;
     if (!source.load) {
       this.setListing(null, source.error);
       return;
@@ -472,7 +495,7 @@ class CaptionGallery {
     this.loading = true;
     this.statusEl.textContent = `Loading ${source.folder}…`;
     const answer = await datasetListing(source.folder, source.caption_extension, { fresh });
-    if (seq !== this.loadSeq) return; // a newer load is under way
+    if (seq !== this.loadSeq) return; // a newer load is under way and owns `loading`
     this.loading = false;
     if (!answer.ok) {
       this.setListing(null, answer.error);
@@ -542,7 +565,7 @@ class CaptionGallery {
   recompute() {
     const source = this.source ?? datasetSource(this.node);
     const own = this.ownEdits();
-    this.viewKey = JSON.stringify([chainKey(source), own.edits, own.error, inputLinked(this.node, "captions")]);
+    this.viewKey = this.viewKeyOf(source, own);
     const chain = source.chain ?? [];
     const separator = source.separator ?? ",";
     for (const item of this.items) {
@@ -612,8 +635,7 @@ class CaptionGallery {
     for (const item of this.items) {
       const row = this.rows.get(item.file);
       if (!row) continue;
-      const level = worstLevel(item.issues ?? []);
-      const shown = this.filter === "all" || (this.filter === "issues" && level !== "ok" && level !== "info") ||
+      const shown = this.filter === "all" || (this.filter === "issues" && hasIssues(item)) ||
         (this.filter === "edited" && item.override !== null);
       row.row.style.display = shown ? "" : "none";
       const hit = this.highlight !== null && captionHasTag(item.final, this.highlight, this.separator());
@@ -649,7 +671,7 @@ class CaptionGallery {
       return;
     }
     const edited = this.items.filter((i) => i.override !== null).length;
-    const issues = this.items.filter((i) => !["ok", "info"].includes(worstLevel(i.issues ?? []))).length;
+    const issues = this.items.filter(hasIssues).length;
     const pending = Object.keys(this.pendingSave()).length;
     this.statusEl.textContent = `${this.items.length} image(s) · ${edited} hand-edited · ${issues} with issues`;
     this.statusEl.title = this.listing.path ?? "";
@@ -740,23 +762,33 @@ class CaptionGallery {
       `${unchanged.length ? `; ${unchanged.length} unchanged` : ""}.`, "ok");
     listingCache.clear();
     await this.reload({ fresh: true });
-    for (const panel of panels) if (panel instanceof ShufflePreview) panel.refresh();
+    for (const panel of panels) {
+      if (panel instanceof ShufflePreview) panel.refresh();
+      else if (panel instanceof CaptionGallery && panel !== this && sourceKey(panel.source) === sourceKey(source)) {
+        panel.reload({ fresh: true });
+      }
+    }
     return answer;
   }
 
   async runLint() {
+    if (this.disposed) return;
     if (this.lintInFlight) {
       this.scheduleLint();
       return;
     }
-    if (Date.now() - this.lintFailedAt < 10000) return;
+    if (this.lintRetry !== null) return; // backing off after a failure: the retry is scheduled
     const captions = this.lint.missing(this.items.map((i) => i.final)).slice(0, 500);
     if (!captions.length) return;
     this.lintInFlight = true;
     const answer = await postJson("/style_lora/lint", { captions });
     this.lintInFlight = false;
+    if (this.disposed) return;
     if (!answer.ok) {
-      this.lintFailedAt = Date.now();
+      this.lintRetry = setTimeout(() => {
+        this.lintRetry = null;
+        this.runLint();
+      }, LINT_RETRY_MS);
       return;
     }
     this.lint.store(captions, answer.data);
@@ -767,8 +799,10 @@ class CaptionGallery {
   }
 
   dispose() {
+    this.disposed = true;
     this.scheduleLint.cancel();
     this.scheduleCheck.cancel();
+    clearTimeout(this.lintRetry);
     this.loadSeq += 1;
   }
 }
@@ -792,7 +826,7 @@ class ShufflePreview {
       el("div", { class: "slt-bar" }, el("button", { text: "⟳", title: "Read the captions again",
         onclick: () => this.refresh({ fresh: true }) }), this.statusEl),
       this.messageEl, this.list);
-    this.widget = addPanelWidget(node, "shuffle_preview", this.root, 150);
+    addPanelWidget(node, "shuffle_preview", this.root, 150);
     this.schedule = debounce(() => this.refresh(), SHUFFLE_DEBOUNCE_MS);
     hookWidgetCallbacks(node, ["enabled", "separator", "keep_tokens", "seed", "preview_count"], () => this.check());
     const panel = this;
@@ -836,6 +870,8 @@ class ShufflePreview {
     const fail = (text) => {
       this.error = text;
       this.data = null;
+      this.captionCount = 0;
+      this.captionsNote = null;
       this.render();
     };
     if (!source.load) return fail(source.error);
@@ -907,7 +943,7 @@ class TrainingPanel {
     this.canvas = el("canvas");
     this.wrap = el("div", { class: "slt-chart-wrap" }, this.canvas);
     this.root = el("div", { class: "slt-panel" }, this.headerEl, this.wrap);
-    this.widget = addPanelWidget(node, "training_chart", this.root, 230);
+    addPanelWidget(node, "training_chart", this.root, 230);
     if (typeof ResizeObserver === "function") {
       this.resizer = new ResizeObserver(() => this.redraw(true));
       this.resizer.observe(this.wrap);
@@ -929,6 +965,7 @@ class TrainingPanel {
   }
 
   matches(detail) {
+    // node.id is the server's UNIQUE_ID only in the root graph: a Train node inside a subgraph is not supported.
     return detail && String(detail.node) === String(this.node.id);
   }
 
@@ -1023,21 +1060,16 @@ function showResultText(node, text) {
   if (!widget) {
     const area = el("textarea", { class: "slt-result", readOnly: true, spellcheck: false });
     routeWheel(area);
-    widget = node.addDOMWidget("result", "style_lora_result", area, {
-      serialize: false,
-      hideOnZoom: true,
+    widget = addUnsavedWidget(node, "result", "style_lora_result", area, {
+      minHeight: 70,
       getValue: () => area.value,
       setValue: (value) => {
         area.value = value ?? "";
       },
-      getMinHeight: () => 70,
     });
-    widget.serialize = false; // results are not part of the saved workflow
   }
   widget.value = text;
-  const [w, h] = node.size ?? [0, 0];
-  const min = node.computeSize?.();
-  if (min && h < min[1]) node.setSize?.([w, min[1]]);
+  growToMinHeight(node);
   markDirty(node);
 }
 

@@ -10,7 +10,8 @@ export const PY_WHITESPACE =
   "\t\n\u000b\u000c\r\u001c\u001d\u001e\u001f \u0085\u00a0\u1680" +
   "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" +
   "\u2028\u2029\u202f\u205f\u3000";
-const WS_CLASS = "[\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+// The same set as a regex character class.
+const WS_CLASS = `[${[...PY_WHITESPACE].map((ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`).join("")}]`;
 const WS_RUN = new RegExp(`${WS_CLASS}+`);
 const WS_LEADING = new RegExp(`^${WS_CLASS}+`);
 const WS_TRAILING = new RegExp(`${WS_CLASS}+$`);

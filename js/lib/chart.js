@@ -3,6 +3,7 @@
 // pure functions (tested with node:test); draw() only uses the canvas 2D-context API, so a
 // recording fake context can check it.
 // Pure module: no DOM, no ComfyUI imports, no side effects on import.
+import { latest } from "./history.js";
 
 export const COLOURS = Object.freeze({
   background: "#1b1b1b",
@@ -154,15 +155,15 @@ export function formatTick(v) {
 
 /** The panel's header line: "epoch 3/20 · step 120/800 · loss 0.1130 · d·lr 2.1e-4 · ETA 12:05 · running". */
 export function headerText(history) {
-  const last = history.points[history.points.length - 1];
+  if (history.state === "idle" && !history.points.length) {
+    return "Not trained yet in this session: queue the workflow to see the loss live.";
+  }
+  const { epoch, step, loss, dlr } = latest(history);
   const parts = [];
-  const epochs = history.num_epochs || "?";
-  const epoch = last?.epoch ?? history.epochs[history.epochs.length - 1]?.epoch ?? 0;
-  if (history.state === "idle" && !last) return "Not trained yet in this session: queue the workflow to see the loss live.";
-  parts.push(`epoch ${epoch}/${epochs}`);
-  parts.push(`step ${last?.step ?? history.start_step ?? 0}/${history.total_steps || "?"}`);
-  if (last && Number.isFinite(last.loss)) parts.push(`loss ${last.loss.toFixed(4)}`);
-  if (last && Number.isFinite(last.dlr)) parts.push(`d·lr ${formatRate(last.dlr)}`);
+  parts.push(`epoch ${epoch}/${history.num_epochs || "?"}`);
+  parts.push(`step ${step}/${history.total_steps || "?"}`);
+  if (Number.isFinite(loss)) parts.push(`loss ${loss.toFixed(4)}`);
+  if (Number.isFinite(dlr)) parts.push(`d·lr ${formatRate(dlr)}`);
   if (history.state === "running") parts.push(`ETA ${formatEta(history.eta_seconds)}`);
   parts.push(history.state);
   return parts.join(" · ");

@@ -94,7 +94,6 @@ const SHORT_LABELS = {
   caption_empty: "empty",
   caption_short: "too short",
   caption_long: "long",
-  caption_very_long: "too long",
   caption_truncated: "too long",
 };
 
@@ -159,7 +158,7 @@ export class LintCache {
   issuesFor(caption, { missing = false, captionFile = "" } = {}) {
     const known = this.get(caption);
     if (missing && !pyStrip(caption ?? "")) {
-      return { exact: true, tokens: 0, issues: quickIssues(caption, { missing, captionFile, minWords: this.minWords }) };
+      return { exact: true, tokens: null, issues: quickIssues(caption, { missing, captionFile, minWords: this.minWords }) };
     }
     if (known && Number.isInteger(known.tokens)) return { exact: true, tokens: known.tokens, issues: known.issues };
     if (known) {

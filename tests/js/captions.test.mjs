@@ -15,6 +15,7 @@ import {
   EditsError,
   normalizeCaption,
   parseEdits,
+  pyIsSpace,
   pySplitWhitespace,
   pyStrip,
   serializeEdits,
@@ -181,4 +182,13 @@ test("captionsToSave sends only changed captions and never creates empty files",
   ];
   const finals = { "a.png": " same ", "b.png": "new", "c.png": "", "d.png": "fresh\ncaption", "e.png": "" };
   assert.deepEqual(captionsToSave(items, finals), { "b.png": "new", "d.png": "fresh, caption", "e.png": "" });
+});
+
+test("pyStrip and pySplitWhitespace use exactly pyIsSpace's characters", () => {
+  for (let code = 0; code <= 0xffff; code += 1) {
+    if (code >= 0xd800 && code <= 0xdfff) continue;
+    const ch = String.fromCharCode(code);
+    assert.equal(pyStrip(`${ch}x${ch}`) === "x", pyIsSpace(ch), `U+${code.toString(16)}`);
+    assert.equal(pySplitWhitespace(`a${ch}b`).length === 2, pyIsSpace(ch), `U+${code.toString(16)}`);
+  }
 });

@@ -2,7 +2,7 @@
 // scripts/app.js and scripts/api.js (a module resolve hook) and a minimal fake DOM, driven the way
 // the frontend drives it: setup(), nodeCreated(), server events, fetch answers. The real frontend
 // is the browser tier's job; this checks the glue between the pure modules, the routes and the widgets.
-import { after, before, test } from "node:test";
+import { after, before, mock, test } from "node:test";
 import assert from "node:assert/strict";
 import { register } from "node:module";
 
@@ -245,6 +245,9 @@ function connect(graph, origin, target, inputName) {
 
 const widget = (node, name) => node.widgets.find((w) => w.name === name);
 const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+const flush = () => new Promise((resolve) => setImmediate(resolve)); // pending fetches, with setTimeout mocked
+const posts = (path) => requests.filter((r) => r.method === "POST" && r.path === path).length;
+const gets = (folder) => requests.filter((r) => r.path === "/style_lora/dataset" && r.query.folder === folder).length;
 
 before(async () => {
   globalThis.__slt = { app, api };
@@ -499,4 +502,239 @@ test("onExecuted shows the node's text result in a read-only, unsaved widget", a
   const other = { prototype: {} };
   await extension.beforeRegisterNodeDef(other, { name: "KSampler" });
   assert.equal(other.prototype.onExecuted, undefined);
+});
+
+// ---------------------------------------------------------------------------------------------
+// the poll, loads that overlap, and work that must stop with the node
+
+/** LISTING with no token counts: every non-empty caption still needs POST /style_lora/lint. */
+function unlinted() {
+  const listing = structuredClone(LISTING);
+  for (const item of listing.items) item.tokens = null;
+  return listing;
+}
+
+test("poll: checks the panels in a graph, forgets (and disposes) those whose node left it", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    routes.set("GET /style_lora/dataset", (url) => {
+      const listing = unlinted();
+      if (url.searchParams.get("folder") === "apples_poll3") listing.items.pop();
+      return [200, listing];
+    });
+    routes.set("POST /style_lora/lint", (url, body) => [200, { results: body.captions.map(() => ({ tokens: 9, issues: [] })) }]);
+    const { graph, editor, load } = captionPipeline("apples_poll");
+    await extension.nodeCreated(editor);
+    fakeDocument.hidden = true; // a background tab: nothing is checked
+    pollFn();
+    fakeDocument.hidden = false;
+    assert.equal(gets("apples_poll"), 0);
+    mock.timers.tick(0); // the panel's first check
+    await editor.styleLoraGallery.ready;
+    assert.equal(gets("apples_poll"), 1);
+    // A changed folder is noticed by the next poll.
+    widget(load, "folder").value = "apples_poll2";
+    pollFn();
+    await editor.styleLoraGallery.ready;
+    assert.equal(gets("apples_poll2"), 1);
+    assert.equal(editor.styleLoraGallery.items.length, 3);
+    // A node not in a graph yet is kept, and checked once it is in one.
+    const late = makeNode(graph, "StyleLoRACaptionEditor", { prefix: "", suffix: "", find: "", replace: "",
+      write_back: false, edits: "{}" }, ["dataset", "captions"]);
+    connect(graph, load, late, "dataset");
+    late.graph = null;
+    await extension.nodeCreated(late);
+    pollFn();
+    late.graph = graph;
+    pollFn();
+    await late.styleLoraGallery.ready;
+    assert.equal(late.styleLoraGallery.items.length, 3);
+    // The node leaves its graph without onRemoved (a workflow closed or reloaded): the next poll
+    // disposes of its panel (pending lint cancelled) and forgets it (no more checks).
+    await flush();
+    mock.timers.tick(1000); // the lint of the listing
+    await flush();
+    const lints = posts("/style_lora/lint");
+    editor.styleLoraGallery.setCaption("a.png", "a caption typed just before the workflow closed");
+    editor.graph = null;
+    pollFn();
+    mock.timers.tick(5000);
+    await flush();
+    assert.equal(posts("/style_lora/lint"), lints);
+    editor.graph = graph;
+    widget(load, "folder").value = "apples_poll3";
+    pollFn();
+    await flush();
+    await late.styleLoraGallery.ready;
+    assert.equal(late.styleLoraGallery.items.length, 2); // the other gallery on this folder follows it
+    assert.equal(editor.styleLoraGallery.items.length, 3); // the forgotten one is not checked any more
+    assert.match(editor.styleLoraGallery.status, /^3 image/);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("caption gallery: a load that ends early after a slow one does not stay on 'Loading…'", async () => {
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(LISTING)]);
+  const fetchApi = api.fetchApi;
+  let release = null;
+  api.fetchApi = async (path, init) => {
+    if (path.includes("folder=apples_slow")) await new Promise((resolve) => { release = resolve; });
+    return fetchApi(path, init);
+  };
+  try {
+    const { editor, load } = captionPipeline("apples_slow");
+    await extension.nodeCreated(editor);
+    const gallery = editor.styleLoraGallery;
+    pollFn();
+    const slow = gallery.ready;
+    assert.match(gallery.status, /^Loading apples_slow/);
+    widget(load, "folder").value = ""; // cleared while the listing is on its way
+    pollFn();
+    await gallery.ready;
+    assert.match(gallery.error, /no folder yet/);
+    assert.equal(gallery.status, "");
+    assert.equal(editor.styleLoraPanel.loading, false);
+    release(); // the superseded answer arrives: it changes nothing
+    await slow;
+    assert.equal(gallery.status, "");
+    assert.match(gallery.error, /no folder yet/);
+    // The same after a disconnected dataset input.
+    widget(load, "folder").value = "apples_slow2";
+    pollFn();
+    const slow2 = gallery.ready;
+    assert.match(gallery.status, /^Loading apples_slow2/);
+    editor.inputs.find((i) => i.name === "dataset").link = null;
+    pollFn();
+    await gallery.ready;
+    assert.match(gallery.error, /Connect the dataset input/);
+    assert.equal(gallery.status, "");
+    release();
+    await slow2;
+    assert.equal(gallery.status, "");
+    assert.equal(editor.styleLoraPanel.loading, false);
+  } finally {
+    api.fetchApi = fetchApi;
+  }
+});
+
+test("caption gallery: saving reloads the other galleries of the same folder", async () => {
+  const saved = structuredClone(LISTING);
+  routes.set("GET /style_lora/dataset", (url) => [200, structuredClone(url.searchParams.get("folder") === "apples_two" ? saved : LISTING)]);
+  routes.set("POST /style_lora/captions", (url, body) => {
+    saved.items[0].caption = body.captions["a.png"];
+    return [200, { written: ["a.txt"], unchanged: [] }];
+  });
+  const { graph, load, editor } = captionPipeline("apples_two");
+  const twin = makeNode(graph, "StyleLoRACaptionEditor", { prefix: "", suffix: "", find: "", replace: "",
+    write_back: false, edits: "{}" }, ["dataset", "captions"]);
+  connect(graph, load, twin, "dataset");
+  const other = captionPipeline("apples_elsewhere").editor;
+  for (const node of [editor, twin, other]) await extension.nodeCreated(node);
+  pollFn();
+  await Promise.all([editor, twin, other].map((n) => n.styleLoraGallery.ready));
+  assert.equal(twin.styleLoraGallery.captions["a.png"], "a red apple");
+  const elsewhere = gets("apples_elsewhere");
+  editor.styleLoraGallery.setCaption("a.png", "A glossy red apple with droplets of water, nestled among green leaves");
+  assert.equal((await editor.styleLoraGallery.save()).ok, true);
+  await twin.styleLoraGallery.ready;
+  assert.equal(twin.styleLoraGallery.captions["a.png"], "A glossy red apple with droplets of water, nestled among green leaves");
+  assert.equal(gets("apples_elsewhere"), elsewhere); // another folder: not read again
+});
+
+test("caption gallery: a lint answer arriving after the node was removed asks nothing more", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    routes.set("GET /style_lora/dataset", () => [200, unlinted()]);
+    // One caption is left unanswered (as if edited while the request was in flight): a live
+    // gallery asks again, a removed one must not.
+    let partial = true;
+    routes.set("POST /style_lora/lint", (url, body) => {
+      const answered = partial ? body.captions.slice(0, -1) : body.captions;
+      partial = false;
+      return [200, { results: answered.map(() => ({ tokens: 9, issues: [] })) }];
+    });
+    const { editor } = captionPipeline("apples_removed");
+    await extension.nodeCreated(editor);
+    pollFn();
+    await editor.styleLoraGallery.ready;
+    const before = posts("/style_lora/lint");
+    const inFlight = editor.styleLoraPanel.runLint();
+    assert.equal(posts("/style_lora/lint"), before + 1);
+    editor.onRemoved();
+    await inFlight;
+    mock.timers.tick(60000);
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 1);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test("caption gallery: a failed lint is tried again about 10 s later (and not after removal)", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  let fail = true;
+  try {
+    routes.set("GET /style_lora/dataset", () => [200, unlinted()]);
+    routes.set("POST /style_lora/lint", (url, body) => (fail ? [500, { error: "tokenizer busy" }]
+      : [200, { results: body.captions.map(() => ({ tokens: 9, issues: [] })) }]));
+    const { editor } = captionPipeline("apples_retry");
+    await extension.nodeCreated(editor);
+    pollFn();
+    await editor.styleLoraGallery.ready;
+    const before = posts("/style_lora/lint");
+    mock.timers.tick(1000); // the debounced lint: it fails
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 1);
+    assert.equal(editor.styleLoraGallery.items[0].lintExact, false);
+    fail = false;
+    mock.timers.tick(5000); // backing off
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 1);
+    mock.timers.tick(6000); // the retry
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 2);
+    assert.equal(editor.styleLoraGallery.items[0].lintExact, true);
+    assert.equal(editor.styleLoraGallery.items[0].tokens, 9);
+    // A failure, then the node is removed: no retry.
+    fail = true;
+    editor.styleLoraGallery.setCaption("a.png", "a caption the server could not lint");
+    mock.timers.tick(1000);
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 3);
+    editor.onRemoved();
+    mock.timers.tick(60000);
+    await flush();
+    assert.equal(posts("/style_lora/lint"), before + 3);
+  } finally {
+    fail = false; // a later lint of any gallery succeeds
+    mock.timers.reset();
+  }
+});
+
+test("shuffle preview: an error drops the previous answer's caption count and note", async () => {
+  routes.set("GET /style_lora/dataset", () => [200, structuredClone(LISTING)]);
+  routes.set("POST /style_lora/shuffle_preview", (url, b) => [200, { text: "on",
+    examples: [{ original: b.captions[0], shuffles: [b.captions[0]] }] }]);
+  const { graph, load, editor } = captionPipeline("apples_shuffle_error");
+  connect(graph, load, editor, "captions"); // an upstream editor's captions come from its input
+  const shuffle = makeNode(graph, "StyleLoRAShuffleCaption", { enabled: true, separator: ",", keep_tokens: 1, seed: 7,
+    preview_count: 1 }, ["dataset"]);
+  connect(graph, editor, shuffle, "dataset");
+  await extension.nodeCreated(shuffle);
+  await shuffle.styleLoraShuffle.refresh();
+  const list = shuffle.styleLoraPanel.list;
+  assert.match(list.textContent, /… and 2 more caption\(s\)\./);
+  assert.match(list.textContent, /come from its captions input/);
+  widget(shuffle, "separator").value = "";
+  await shuffle.styleLoraShuffle.refresh();
+  assert.match(shuffle.styleLoraShuffle.error, /separator cannot be empty/);
+  assert.equal(list.textContent, "");
+  // Also when the server answers with an error.
+  widget(shuffle, "separator").value = ",";
+  await shuffle.styleLoraShuffle.refresh();
+  assert.match(list.textContent, /more caption/);
+  routes.set("POST /style_lora/shuffle_preview", () => [400, { error: "Cannot use these shuffle settings: bad" }]);
+  await shuffle.styleLoraShuffle.refresh();
+  assert.equal(list.textContent, "");
 });

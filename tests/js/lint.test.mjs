@@ -92,3 +92,10 @@ test("LintCache forgets the oldest answers beyond its limit", () => {
   assert.equal(cache.get("a"), null);
   assert.equal(cache.get("c").tokens, 1);
 });
+
+test("LintCache: a missing caption has no token count (no \"0 tok\" badge)", () => {
+  const cache = new LintCache();
+  const result = cache.issuesFor("", { missing: true, captionFile: "b.txt" });
+  assert.equal(result.tokens, null);
+  assert.deepEqual(badges(result.issues, result.tokens).map((b) => b.label), ["missing"]);
+});
