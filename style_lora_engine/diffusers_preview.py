@@ -46,6 +46,19 @@ def build_pipeline(model: DiffusersSD, sampler: str, scheduler: str):
     return pipe
 
 
+def _load_unet_only_lora(pipe, path: Path, adapter: str) -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    # Our files are U-Net only (the guide); diffusers would warn for every file that the text
+    # encoder got no LoRA keys, burying the useful output.
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(load_file(str(path)), adapter_name=adapter)
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
 def render_grid_cells(
     model: DiffusersSD,
     epoch_files: list[tuple[int, Path]],
@@ -75,7 +88,7 @@ def render_grid_cells(
     try:
         for epoch, path in epoch_files:
             adapter = f"style_lora_epoch_{epoch}"
-            pipe.load_lora_weights(load_file(str(path)), adapter_name=adapter)
+            _load_unet_only_lora(pipe, path, adapter)
             try:
                 for weight in weights:
                     pipe.set_adapters([adapter], adapter_weights=[weight])
