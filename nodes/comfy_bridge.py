@@ -17,12 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .canvas_contract import EVENT_END, EVENT_EPOCH, EVENT_START, EVENT_STEP  # noqa: F401 - re-exported
+
 log = logging.getLogger("style_lora_trainer")
 
-EVENT_START = "style_lora.train_start"
-EVENT_STEP = "style_lora.train_step"
-EVENT_EPOCH = "style_lora.train_epoch"
-EVENT_END = "style_lora.train_end"
 
 FALLBACK_SAMPLERS = ["euler", "euler_ancestral", "ddim", "dpmpp_2m", "uni_pc"]
 FALLBACK_SCHEDULERS = ["normal", "karras"]

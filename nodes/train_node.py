@@ -33,7 +33,7 @@ def format_status(info: StepInfo) -> str:
 
 
 def step_payload(info: StepInfo, node_id: str | None, run: str | None = None) -> dict[str, Any]:
-    """Payload of the ``style_lora.train_step`` server event (docs/CANVAS.md)."""
+    """Payload of the train-step server event (``canvas_contract.EVENT_STEP``, docs/CANVAS.md)."""
     return {"node": node_id, "run": run, "epoch": info.epoch, "num_epochs": info.num_epochs,
             "step": info.global_step, "total_steps": info.total_steps,
             "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,

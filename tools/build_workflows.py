@@ -48,16 +48,15 @@ ITEM_GAP = 30
 COLUMN_GAP = 40      # between columns inside a group
 GROUP_GAP = 60
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"     # the frontend's yellow note colours
-# Room for what js/style_lora_trainer.js adds to our nodes, so a loaded node needs no resize and grows
+# Room for what the canvas extension adds to our nodes, so a loaded node needs no resize and grows
 # over nothing: (minimum width, minimum height, height of its panel widget) per node type, and the
-# result text (70 + margin) shown after a node with a "ui" text result has run.
-CANVAS_PANELS = {
-    "StyleLoRACaptionEditor": (560, 640, 340),   # caption gallery
-    "StyleLoRAShuffleCaption": (420, 340, 150),  # shuffle preview
-    "StyleLoRATrain": (460, 0, 230),             # live training chart
-}
+# result text (its widget's minimum height + margin) shown after a node with a "ui" text result has
+# run. The sizes come from js/lib/contract.json, the file the JS reads them from.
+_CONTRACT = json.loads((ROOT / "js" / "lib" / "contract.json").read_text(encoding="utf-8"))
+CANVAS_PANELS = {node: (p["min_width"], p["min_height"], p["panel_height"])
+                 for node, p in _CONTRACT["panels"].items()}
 RESULT_TEXT_NODES = ("StyleLoRATrain", "StyleLoRASaveEpochs", "StyleLoRAShuffleCaption")
-RESULT_TEXT_H = 80
+RESULT_TEXT_H = _CONTRACT["result_text"]["min_height"] + 10
 BLUE, GREEN, BROWN, PURPLE = "#3f789e", "#8A8", "#b06634", "#a1309b"
 
 

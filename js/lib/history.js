@@ -1,6 +1,10 @@
 // The live training panel's data: the server's history (GET /style_lora/training) merged with the
-// style_lora.train_* events, deduplicated by step, reset when a new run starts.
+// training events (named in contract.json), deduplicated by step, reset when a new run starts.
 // Pure module: no DOM, no ComfyUI imports, no side effects on import.
+import CONTRACT from "./contract.json" with { type: "json" };
+
+// The server's event names (contract.json) -> their kind, the event's key there ("train_step").
+const EVENT_KINDS = new Map(Object.entries(CONTRACT.events).map(([kind, name]) => [name, kind]));
 
 export const TERMINAL_STATES = Object.freeze(["finished", "stopped", "failed"]);
 export const MAX_POINTS = 20000;
@@ -84,12 +88,12 @@ function takeSizes(history, detail) {
 }
 
 /**
- * Apply one server event (type without the "style_lora." prefix or with it) to the history of the
- * node it is about. Returns true when the history changed. Events for another node are ignored.
+ * Apply one server event (its name in contract.json, or its key there: "train_step") to the history
+ * of the node it is about. Returns true when the history changed. Events for another node are ignored.
  */
 export function applyEvent(history, type, detail) {
   if (!detail || (history.node !== null && String(detail.node) !== history.node)) return false;
-  const kind = String(type).replace(/^style_lora\./, "");
+  const kind = EVENT_KINDS.get(String(type)) ?? String(type);
   const run = detail.run ?? null;
   if (kind === "train_start") {
     resetForRun(history, run);

@@ -4,7 +4,10 @@
 // is the browser tier's job; this checks the glue between the pure modules, the routes and the widgets.
 import { after, before, mock, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { register } from "node:module";
+
+import CONTRACT from "../../js/lib/contract.json" with { type: "json" };
 
 // ---------------------------------------------------------------------------------------------
 // stand-ins for ../../scripts/app.js and ../../scripts/api.js
@@ -299,7 +302,8 @@ function captionPipeline(folder = "apples") {
 }
 
 test("setup registers the four training events and installs the link colours", () => {
-  for (const name of ["style_lora.train_start", "style_lora.train_step", "style_lora.train_epoch", "style_lora.train_end"]) {
+  assert.equal(Object.keys(CONTRACT.events).length, 4);
+  for (const name of Object.values(CONTRACT.events)) {
     assert.equal(eventListeners[name]?.length, 1, name);
   }
   assert.equal(LGraphCanvas.link_type_colors.STYLE_LORA_DATASET, "#7bbf8b");
@@ -308,6 +312,65 @@ test("setup registers the four training events and installs the link colours", (
   assert.equal(app.canvas.default_connection_color_byType.STYLE_LORA_RUN, "#e0a458");
   assert.ok(fakeDocument.getElementById("style-lora-trainer-css"));
   assert.equal(typeof pollFn, "function");
+});
+
+const STYLESHEET_URL = new URL("../../js/style_lora_trainer.css", import.meta.url).href;
+const stylesheetLinks = () => fakeDocument.head.querySelectorAll((e) => e.tagName === "LINK");
+
+test("setup links js/style_lora_trainer.css once; the link colours' CSS variables stay a <style>", () => {
+  const links = stylesheetLinks();
+  assert.equal(links.length, 1);
+  assert.deepEqual(links[0].attributes, { id: "style-lora-trainer-css", rel: "stylesheet", href: STYLESHEET_URL });
+  const styles = fakeDocument.head.querySelectorAll((e) => e.tagName === "STYLE");
+  assert.equal(styles.length, 1);
+  assert.match(styles[0].textContent, /--color-datatype-STYLE_LORA_DATASET: #7bbf8b;/);
+  assert.doesNotMatch(styles[0].textContent, /\.slt-/); // the panels' rules are in the stylesheet
+});
+
+test("every slt-* class the JS sets has a rule in js/style_lora_trainer.css", () => {
+  const css = readFileSync(new URL(STYLESHEET_URL), "utf8");
+  const files = ["style_lora_trainer.js", "panels/caption_gallery.js", "panels/shuffle_preview.js",
+    "panels/training_chart.js", "panels/result_text.js"];
+  const used = new Set(files.flatMap((f) => readFileSync(new URL(`../../js/${f}`, import.meta.url), "utf8")
+    .match(/slt-[a-z][a-z-]*/g) ?? []));
+  used.delete("slt-gallery"); // a handle for the gallery's root, for scripts: no rule of its own
+  assert.ok(used.size > 30, used.size);
+  for (const name of used) assert.match(css, new RegExp(`\\.${name}\\b`), name);
+  // The levels set as slt-${level} (lint badges, messages).
+  for (const level of ["error", "warning", "info", "ok", "edited", "note"]) assert.match(css, new RegExp(`\\.slt-${level}\\b`), level);
+});
+
+test("panels get the widget names and sizes of contract.json, the result text its min height", async () => {
+  const graph = makeGraph();
+  const nodes = {
+    StyleLoRACaptionEditor: makeNode(graph, "StyleLoRACaptionEditor", { prefix: "", suffix: "", find: "", replace: "",
+      write_back: false, edits: "{}" }, ["dataset", "captions"]),
+    StyleLoRAShuffleCaption: makeNode(graph, "StyleLoRAShuffleCaption", { enabled: true, separator: ",", keep_tokens: 1,
+      seed: 7, preview_count: 1 }, ["dataset"]),
+    StyleLoRATrain: makeNode(graph, "StyleLoRATrain", { epochs: 2 }, ["dataset"]),
+  };
+  routes.set("GET /style_lora/training", (url) => [200, { node: url.searchParams.get("node"), run: null, state: "idle",
+    points: [], epochs: [] }]);
+  for (const [type, spec] of Object.entries(CONTRACT.panels)) {
+    const node = nodes[type];
+    node.size = [100, 50];
+    await extension.nodeCreated(node);
+    const panel = node.widgets.find((w) => w.type === "style_lora_panel");
+    assert.equal(panel.name, spec.widget, type);
+    assert.equal(panel.options.getMinHeight(), spec.panel_height, type);
+    assert.deepEqual(node.size, [spec.min_width, Math.max(50, spec.min_height)], type);
+    // Never shrinks a node that is larger already.
+    const big = makeNode(graph, type, {}, ["dataset"]);
+    big.size = [spec.min_width + 100, spec.min_height + 100];
+    await extension.nodeCreated(big);
+    assert.deepEqual(big.size, [spec.min_width + 100, spec.min_height + 100], type);
+  }
+  await nodes.StyleLoRATrain.styleLoraChart.refresh();
+  const save = makeNode(graph, "StyleLoRASaveEpochs", {}, []);
+  await extension.beforeRegisterNodeDef({ prototype: save }, { name: "StyleLoRASaveEpochs" });
+  save.onExecuted({ text: ["saved"] });
+  assert.equal(widget(save, "result").options.getMinHeight(), CONTRACT.result_text.min_height);
+  await settle(); // the panels' first checks
 });
 
 test("caption gallery: listing, bulk edits, hand edits in the edits widget, save", async () => {
@@ -737,4 +800,23 @@ test("shuffle preview: an error drops the previous answer's caption count and no
   routes.set("POST /style_lora/shuffle_preview", () => [400, { error: "Cannot use these shuffle settings: bad" }]);
   await shuffle.styleLoraShuffle.refresh();
   assert.equal(list.textContent, "");
+});
+
+// Last: a second copy of the entry (as if the frontend loaded the extension again) must not link
+// the stylesheet again. Its setup adds a second set of event listeners, so no test may follow.
+test("the stylesheet link is added once, even by a second setup", async () => {
+  const first = extension;
+  await import(`../../js/style_lora_trainer.js?again=${Date.now()}`);
+  assert.notEqual(extension, first);
+  const realSetInterval = globalThis.setInterval;
+  globalThis.setInterval = () => 0;
+  try {
+    await extension.setup();
+    await first.setup();
+  } finally {
+    globalThis.setInterval = realSetInterval;
+  }
+  assert.equal(stylesheetLinks().length, 1);
+  assert.equal(fakeDocument.head.querySelectorAll((e) => e.tagName === "STYLE").length, 1);
+  assert.equal(stylesheetLinks()[0].attributes.href, STYLESHEET_URL);
 });

@@ -1,0 +1,133 @@
+// Train LoRA panel: a live loss / d·lr chart with epoch markers that survives a page reload (the
+// server's history is read again). new TrainingPanel(node, {server}): the pack's routes
+// (../lib/api.js) come from the entry, which also hands it the training events (onEvent); this
+// module imports nothing from ComfyUI and does nothing on import.
+import CONTRACT from "../lib/contract.json" with { type: "json" };
+import { draw, headerText } from "../lib/chart.js";
+import { addPanelWidget, el } from "../lib/dom.js";
+import { TRAIN } from "../lib/graph.js";
+import { applyEvent, applySnapshot, beginFetch, createHistory } from "../lib/history.js";
+
+const PANEL = CONTRACT.panels[TRAIN];
+
+export class TrainingPanel {
+  constructor(node, { server }) {
+    this.node = node;
+    this.server = server;
+    this.history = createHistory(node.id);
+    this.drawn = -1;
+    this.frame = null;
+    this.fetchSeq = 0;
+    this.idKey = String(node.id);
+    this.headerEl = el("div", { class: "slt-header" });
+    this.canvas = el("canvas");
+    this.wrap = el("div", { class: "slt-chart-wrap" }, this.canvas);
+    this.root = el("div", { class: "slt-panel" }, this.headerEl, this.wrap);
+    addPanelWidget(node, PANEL.widget, this.root, PANEL.panel_height);
+    if (typeof ResizeObserver === "function") {
+      this.resizer = new ResizeObserver(() => this.redraw(true));
+      this.resizer.observe(this.wrap);
+    }
+    const panel = this;
+    node.styleLoraChart = {
+      get history() { return panel.history; },
+      get points() { return panel.history.points; },
+      get epochs() { return panel.history.epochs; },
+      get state() { return panel.history.state; },
+      get run() { return panel.history.run; },
+      get header() { return panel.headerEl.textContent; },
+      get ready() { return panel.ready; },
+      refresh: () => panel.refresh(),
+      redraw: () => panel.redraw(true),
+    };
+    this.ready = Promise.resolve();
+    this.redraw(true);
+  }
+
+  matches(detail) {
+    // node.id is the server's UNIQUE_ID only in the root graph: a Train node inside a subgraph is not supported.
+    return detail && String(detail.node) === String(this.node.id);
+  }
+
+  onEvent(type, detail) {
+    this.syncNodeId();
+    if (applyEvent(this.history, type, detail)) this.redraw();
+  }
+
+  syncNodeId() {
+    // A loaded workflow gives the node its saved id after creation.
+    const id = String(this.node.id);
+    if (id !== this.history.node) {
+      this.history = createHistory(id);
+      this.drawn = -1;
+    }
+  }
+
+  refresh() {
+    this.syncNodeId();
+    const seq = ++this.fetchSeq;
+    const token = beginFetch(this.history);
+    const history = this.history;
+    this.ready = (async () => {
+      const answer = await this.server.training(history.node);
+      if (seq !== this.fetchSeq || history !== this.history) return;
+      if (answer.ok) {
+        this.error = null;
+        applySnapshot(history, answer.data, token);
+      } else {
+        this.error = answer.error;
+      }
+      this.redraw(true);
+    })();
+    return this.ready;
+  }
+
+  check() {
+    if (String(this.node.id) !== this.idKey) {
+      this.idKey = String(this.node.id);
+      this.refresh();
+    }
+  }
+
+  redraw(force = false) {
+    if (!force && this.drawn === this.history.version) return;
+    if (this.frame !== null) return;
+    const run = () => {
+      this.frame = null;
+      this.paint();
+    };
+    this.frame = typeof requestAnimationFrame === "function" ? requestAnimationFrame(run) : setTimeout(run, 16);
+  }
+
+  paint() {
+    const history = this.history;
+    this.drawn = history.version;
+    let text = headerText(history);
+    if (history.state === "failed" || history.state === "stopped") {
+      text += history.message ? ` — ${history.message}` : "";
+    } else if (this.error && history.state === "idle") {
+      text = this.error;
+    }
+    this.headerEl.textContent = text;
+    this.headerEl.title = text;
+    this.headerEl.classList.toggle("slt-failed", history.state === "failed" || (this.error && history.state === "idle"));
+    const width = this.wrap.clientWidth;
+    const height = this.wrap.clientHeight;
+    if (!width || !height) return;
+    const ratio = globalThis.devicePixelRatio || 1;
+    if (this.canvas.width !== Math.round(width * ratio) || this.canvas.height !== Math.round(height * ratio)) {
+      this.canvas.width = Math.round(width * ratio);
+      this.canvas.height = Math.round(height * ratio);
+    }
+    const ctx = this.canvas.getContext("2d");
+    if (!ctx) return;
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    draw(ctx, history, width, height);
+  }
+
+  dispose() {
+    this.resizer?.disconnect();
+    this.fetchSeq += 1;
+  }
+}
+
