@@ -25,17 +25,20 @@ from ..style_lora_engine.dataset import (
 )
 from ..style_lora_engine.errors import StyleLoRAError
 from ..style_lora_engine.images import IMAGE_EXTENSIONS, image_size, is_image_file
-from ..style_lora_engine.lint import CHUNK_TOKENS, caption_issues
+from ..style_lora_engine.lint import MIN_WORDS, caption_issues
 from ..style_lora_engine.shuffle import ShuffleSettings, preview_shuffles, shuffle_caption
+from ..style_lora_engine.text_chunks import CHUNK_TOKENS
 from .dataset_nodes import resolve_dataset_folder
 
 TokenCounter = Callable[[str], int]
 
-MIN_WORDS = 5
 MAX_IMAGES_LISTED = 2000
 MAX_CAPTION_CHARS = 20_000
 MAX_CAPTIONS_PER_REQUEST = 2000
 THUMBNAIL_SIZES = (16, 512)
+# The routes serve ComfyUI's canvas, where training encodes captions with ComfyUI's CLIP: every
+# 75-token window is encoded, nothing is cut.
+TOKEN_CAP: int | None = None
 
 
 class CanvasError(StyleLoRAError):
@@ -90,7 +93,8 @@ def _tokens(caption: str, count_tokens: TokenCounter | None) -> int | None:
 def _issues(caption: str, missing: bool, caption_file: str, count_tokens: TokenCounter | None) -> list[dict]:
     return [{"level": level, "code": code, "message": text}
             for level, code, text in caption_issues(caption, missing, caption_file, count_tokens,
-                                                    max_tokens=CHUNK_TOKENS, min_words=MIN_WORDS)]
+                                                    max_tokens=CHUNK_TOKENS, min_words=MIN_WORDS,
+                                                    token_cap=TOKEN_CAP)]
 
 
 def dataset_listing(folder: Any, caption_extension: Any = ".txt",
@@ -119,7 +123,7 @@ def dataset_listing(folder: Any, caption_extension: Any = ".txt",
             "issues": _issues(caption, missing, caption_path.name, count_tokens),
         })
     return {"folder": folder, "path": str(path), "caption_extension": ext, "token_limit": CHUNK_TOKENS,
-            "min_words": MIN_WORDS, "items": items}
+            "token_cap": TOKEN_CAP, "min_words": MIN_WORDS, "items": items}
 
 
 def thumbnail_jpeg(folder: Any, file: Any, size: Any = 160) -> bytes:
@@ -192,7 +196,7 @@ def lint_captions(captions: Any, count_tokens: TokenCounter | None = None) -> di
         caption = normalize_caption(raw[:MAX_CAPTION_CHARS])
         results.append({"tokens": _tokens(caption, count_tokens),
                         "issues": _issues(caption, not caption, "", count_tokens)})
-    return {"token_limit": CHUNK_TOKENS, "min_words": MIN_WORDS, "results": results}
+    return {"token_limit": CHUNK_TOKENS, "token_cap": TOKEN_CAP, "min_words": MIN_WORDS, "results": results}
 
 
 def shuffle_preview(body: dict[str, Any]) -> dict[str, Any]:

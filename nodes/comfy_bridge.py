@@ -176,6 +176,15 @@ def token_counter(clip: Any) -> Callable[[str], int] | None:
     return None
 
 
+def token_cap(clip: Any) -> int | None:
+    """Where text encoding cuts a caption: the diffusers path's 3 windows, ComfyUI's CLIP nowhere."""
+    if clip is not None and callable(getattr(clip, "tokenizer", None)):
+        from ..style_lora_engine.text_chunks import MAX_TOKENS
+
+        return MAX_TOKENS
+    return None
+
+
 def _token_id(token: Any) -> int:
     return int(token[0]) if isinstance(token, (tuple, list)) else int(token)
 

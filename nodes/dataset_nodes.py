@@ -80,7 +80,8 @@ class StyleLoRALoadDataset:
         dataset = load_dataset(resolve_dataset_folder(folder), caption_extension=caption_extension,
                                repeats=repeats, resolution=resolution, buckets=buckets,
                                skip_unreadable=skip_unreadable)
-        report = lint_dataset(dataset, count_tokens=comfy_bridge.token_counter(clip))
+        report = lint_dataset(dataset, count_tokens=comfy_bridge.token_counter(clip),
+                              token_cap=comfy_bridge.token_cap(clip))
         return dataset, report.to_text()
 
 

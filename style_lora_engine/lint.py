@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .dataset import Dataset
+from .text_chunks import CHUNK_TOKENS
 
 LEVELS = ("error", "warning", "info")
 
@@ -13,8 +14,7 @@ GUIDE_MIN_IMAGES = 30
 GUIDE_MAX_IMAGES = 100
 GUIDE_MIN_REPEATS = 8
 GUIDE_MAX_REPEATS = 20
-CHUNK_TOKENS = 75
-MAX_CHUNKS = 3
+MIN_WORDS = 5  # fewer words than this is not the guide's detailed caption
 
 _CAPTION_ADVICE = (
     "The guide asks for detailed captions: describe the subject, its context/backdrop and each "
@@ -74,10 +74,13 @@ def lint_dataset(
     dataset: Dataset,
     count_tokens: Callable[[str], int] | None = None,
     max_tokens: int = CHUNK_TOKENS,
-    min_words: int = 5,
+    min_words: int = MIN_WORDS,
+    token_cap: int | None = None,
 ) -> LintReport:
     """Check ``dataset`` against the guide. ``count_tokens`` (e.g. ``make_token_counter(tokenizer)``)
-    enables the caption-length check; without it that check is skipped and noted."""
+    enables the caption-length check; without it that check is skipped and noted. ``token_cap`` is
+    where the text encoding cuts a caption (``text_chunks.MAX_TOKENS`` on the diffusers path; None for
+    ComfyUI's CLIP, which encodes every 75-token window of a long caption)."""
     messages: list[LintMessage] = []
 
     def add(level: str, code: str, text: str, file: str | None = None) -> None:
@@ -120,7 +123,8 @@ def lint_dataset(
                 name,
             )
         for level, code, text in caption_issues(item.caption, item.caption_missing, item.caption_path.name,
-                                                count_tokens, max_tokens=max_tokens, min_words=min_words):
+                                                count_tokens, max_tokens=max_tokens, min_words=min_words,
+                                                token_cap=token_cap):
             add(level, code, text, name)
 
     if count_tokens is None:
@@ -148,7 +152,8 @@ def caption_issues(
     caption_file: str,
     count_tokens: Callable[[str], int] | None = None,
     max_tokens: int = CHUNK_TOKENS,
-    min_words: int = 5,
+    min_words: int = MIN_WORDS,
+    token_cap: int | None = None,
 ) -> list[tuple[str, str, str]]:
     """The guide's checks of one caption, as ``(level, code, text)``; shared by the dataset report
     and the caption editor's badges so both always agree."""
@@ -163,16 +168,20 @@ def caption_issues(
                        f'The caption "{caption}" has only {words} word(s). {_CAPTION_ADVICE}'))
     if count_tokens is not None:
         n_tokens = count_tokens(caption)
-        limit = CHUNK_TOKENS * MAX_CHUNKS
-        if n_tokens > limit:
+        if token_cap is not None and n_tokens > token_cap:
             issues.append(("warning", "caption_truncated",
-                           f"The caption is {n_tokens} tokens; it is encoded in up to 3 chunks of 75 tokens and "
-                           f"everything after token {limit} is cut. Shorten it."))
+                           f"The caption is {n_tokens} tokens; it is encoded in up to {token_cap // max_tokens} "
+                           f"chunks of {max_tokens} tokens and everything after token {token_cap} is cut. Shorten it."))
+        elif n_tokens > max_tokens and token_cap is not None:
+            issues.append(("info", "caption_long",
+                           f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token "
+                           f"window; it will be encoded in up to {token_cap // max_tokens} chunks of {max_tokens} "
+                           f"tokens (anything over {token_cap} tokens is cut)."))
         elif n_tokens > max_tokens:
             issues.append(("info", "caption_long",
                            f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token "
-                           f"window; it will be encoded in up to 3 chunks of 75 tokens (anything over {limit} "
-                           "tokens is cut)."))
+                           f"window; it will be encoded in {-(-n_tokens // max_tokens)} windows of {max_tokens} "
+                           "tokens, the way ComfyUI encodes a long prompt (nothing is cut)."))
     return issues
 
 

@@ -10,7 +10,6 @@ import datetime
 import json
 import os
 import re
-import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +26,6 @@ SELECT_MODES = ("all", "every_n", "last_k")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ -]")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
-# A safetensors header bigger than this is not a LoRA (the format itself caps it at 100 MB).
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 _KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
@@ -287,38 +284,22 @@ def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Ma
     _fsync_dir(path.parent)
 
 
-def _read_header(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                raise StyleLoRAError(f"{path} is not a safetensors file (too short). Re-save or delete it.")
-            (length,) = struct.unpack("<Q", head)
-            size = os.fstat(fh.fileno()).st_size
-            if length == 0 or length > min(_MAX_HEADER_BYTES, size - 8):
-                raise StyleLoRAError(f"{path} is not a valid safetensors file (bad header length).")
-            raw = fh.read(length)
-    except FileNotFoundError:
-        raise StyleLoRAError(f"LoRA file not found: {path}.") from None
-    except IsADirectoryError:
-        raise StyleLoRAError(f"{path} is a folder, not a LoRA file.") from None
-    except OSError as exc:
-        raise StyleLoRAError(f"Cannot read {path}: {exc}.") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise StyleLoRAError(f"{path} is not a valid safetensors file (corrupt header).") from None
-    if not isinstance(header, dict):
-        raise StyleLoRAError(f"{path} is not a valid safetensors file (header is not a table).")
-    return header
-
-
 def read_lora_metadata(path: Path) -> dict[str, str]:
-    """The file's ``__metadata__`` (``ss_*``, ``modelspec.*``) from the header only: no tensors read."""
+    """The file's ``__metadata__`` (``ss_*``, ``modelspec.*``) from the header only: no tensors read.
+
+    safetensors' own reader checks the header (length, JSON, offsets against the file size)."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
-    meta = _read_header(path).get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise StyleLoRAError(f"{path} has malformed safetensors metadata (values must be text).")
+    if path.is_dir():
+        raise StyleLoRAError(f"{path} is a folder, not a LoRA file.")
+    if not path.exists():
+        raise StyleLoRAError(f"LoRA file not found: {path}.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StyleLoRAError(f"{path} is not a valid safetensors file ({exc}). Re-save or delete it.") from exc
     return dict(meta)
 
 

@@ -6,7 +6,7 @@ class of that name; kohya maps it the same way). Defaults, and why:
 - ``decouple=True``: without it DAdapt "learns nothing or burns" (kohya/LoRA_Easy_Training_Scripts
   reports); decoupled decay is what makes it AdamW.
 - ``use_bias_correction=True``: without it d grows for ~50 steps and the loss turns NaN on a small
-  pretrained model; with it d settles (see docs/optimizers.md).
+  pretrained model; with it d settles (measured on the demo's tiny model).
 - ``weight_decay=0.01``, ``betas=(0.9, 0.999)``: the common kohya DAdapt presets.
 - One parameter group: DAdaptAdam refuses groups with different learning rates.
 """

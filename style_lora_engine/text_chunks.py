@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 CLIP_WINDOW = 77
+CHUNK_TOKENS = CLIP_WINDOW - 2  # caption tokens per window (start and end tokens excluded)
 MAX_CHUNKS = 3
+MAX_TOKENS = CHUNK_TOKENS * MAX_CHUNKS  # this module's (kohya's) cap; ComfyUI's CLIP has none
 
 
 def chunk_token_ids(

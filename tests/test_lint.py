@@ -99,13 +99,21 @@ def test_caption_checks() -> None:
 
 def test_caption_token_length() -> None:
     items = good_items(30) + [item("long.png", caption="w " * 100), item("huge.png", caption="w " * 300)]
-    report = lint_dataset(dataset(items), count_tokens=lambda s: len(s.split()), max_tokens=75)
+    # The diffusers path cuts after 3 windows (225 tokens).
+    report = lint_dataset(dataset(items), count_tokens=lambda s: len(s.split()), max_tokens=75, token_cap=225)
     long = report.by_code("caption_long")
     assert [m.file for m in long] == ["long.png"]
     assert "3 chunks of 75 tokens" in long[0].text and "225" in long[0].text
     huge = report.by_code("caption_truncated")
     assert [m.file for m in huge] == ["huge.png"] and huge[0].level == "warning"
     assert "225" in huge[0].text
+    # ComfyUI's CLIP encodes every window: long captions are noted, none is called cut.
+    comfy = lint_dataset(dataset(items), count_tokens=lambda s: len(s.split()), max_tokens=75)
+    assert "caption_truncated" not in codes(comfy)
+    notes = comfy.by_code("caption_long")
+    assert [m.file for m in notes] == ["long.png", "huge.png"]
+    assert "2 windows" in notes[0].text and "4 windows" in notes[1].text
+    assert all("nothing is cut" in m.text and "225" not in m.text for m in notes)
     untokenized = lint_dataset(dataset(items))
     assert "caption_long" not in codes(untokenized) and "tokens_not_checked" in codes(untokenized)
 

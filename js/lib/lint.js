@@ -5,7 +5,6 @@
 import { pySplitWhitespace, pyStrip } from "./captions.js";
 
 export const TOKEN_LIMIT = 75; // the text encoder's window (77 minus start/end tokens)
-export const MAX_CHUNKS = 3; // kohya's max_token_length 225
 export const MIN_WORDS = 5;
 
 export const CAPTION_ADVICE =
@@ -45,10 +44,11 @@ export function estimateTokens(caption) {
 /**
  * The guide's checks of one caption, as [{level, code, message, estimated}], like the server's
  * caption_issues(): missing/empty, fewer than minWords words, and (estimated) over the 75-token
- * window or over 225 tokens. ``tokens`` (an exact count from the server) replaces the estimate.
+ * window, or over ``tokenCap`` where the text encoding cuts captions (null, the server's answer
+ * inside ComfyUI: its CLIP encodes every window). ``tokens`` (an exact server count) replaces the estimate.
  */
 export function quickIssues(caption, { missing = false, captionFile = "", minWords = MIN_WORDS,
-  tokenLimit = TOKEN_LIMIT, tokens = null } = {}) {
+  tokenLimit = TOKEN_LIMIT, tokenCap = null, tokens = null } = {}) {
   const text = String(caption ?? "");
   if (missing && !pyStrip(text)) {
     return [{ level: "warning", code: "caption_missing", estimated: false,
@@ -65,15 +65,17 @@ export function quickIssues(caption, { missing = false, captionFile = "", minWor
   }
   const exact = Number.isInteger(tokens);
   const count = exact ? tokens : estimateTokens(text);
-  const limit = tokenLimit * MAX_CHUNKS;
   const about = exact ? "" : "about ";
-  if (count > limit) {
+  if (Number.isInteger(tokenCap) && count > tokenCap) {
     issues.push({ level: "warning", code: "caption_truncated", estimated: !exact,
-      message: `The caption is ${about}${count} tokens; everything after token ${limit} is cut. Shorten it.` });
+      message: `The caption is ${about}${count} tokens; everything after token ${tokenCap} is cut. Shorten it.` });
   } else if (count > tokenLimit) {
+    const how = Number.isInteger(tokenCap)
+      ? `it is encoded in up to ${Math.floor(tokenCap / tokenLimit)} chunks of ${tokenLimit} tokens.`
+      : `it is encoded in ${Math.ceil(count / tokenLimit)} windows of ${tokenLimit} tokens, the way ComfyUI ` +
+        "encodes a long prompt (nothing is cut).";
     issues.push({ level: "info", code: "caption_long", estimated: !exact,
-      message: `The caption is ${about}${count} tokens, more than the text encoder's ${tokenLimit}-token window; ` +
-        `it is encoded in up to ${MAX_CHUNKS} chunks of ${tokenLimit} tokens.` });
+      message: `The caption is ${about}${count} tokens, more than the text encoder's ${tokenLimit}-token window; ${how}` });
   }
   return issues;
 }
@@ -120,6 +122,7 @@ export class LintCache {
     this.limit = limit;
     this.results = new Map(); // caption -> {tokens, issues}
     this.tokenLimit = TOKEN_LIMIT;
+    this.tokenCap = null;
     this.minWords = MIN_WORDS;
   }
 
@@ -143,6 +146,7 @@ export class LintCache {
   store(captions, answer) {
     if (!answer || !Array.isArray(answer.results)) return;
     if (Number.isInteger(answer.token_limit)) this.tokenLimit = answer.token_limit;
+    if (answer.token_cap === null || Number.isInteger(answer.token_cap)) this.tokenCap = answer.token_cap;
     if (Number.isInteger(answer.min_words)) this.minWords = answer.min_words;
     captions.forEach((caption, index) => {
       const result = answer.results[index];
@@ -163,11 +167,11 @@ export class LintCache {
     if (known && Number.isInteger(known.tokens)) return { exact: true, tokens: known.tokens, issues: known.issues };
     if (known) {
       // The server has no tokenizer: its word checks are exact, the length check is estimated here.
-      const estimated = quickIssues(caption, { minWords: this.minWords, tokenLimit: this.tokenLimit })
+      const estimated = quickIssues(caption, { minWords: this.minWords, tokenLimit: this.tokenLimit, tokenCap: this.tokenCap })
         .filter((issue) => issue.estimated);
       return { exact: false, tokens: null, issues: [...known.issues, ...estimated] };
     }
     return { exact: false, tokens: null,
-      issues: quickIssues(caption, { minWords: this.minWords, tokenLimit: this.tokenLimit }) };
+      issues: quickIssues(caption, { minWords: this.minWords, tokenLimit: this.tokenLimit, tokenCap: this.tokenCap }) };
   }
 }

@@ -230,7 +230,7 @@ export class CaptionGallery {
     for (const item of this.items) {
       if (item.has_caption_file && normalizeCaption(item.caption ?? "") && Number.isInteger(item.tokens)) {
         this.lint.store([item.caption], { results: [{ tokens: item.tokens, issues: item.issues ?? [] }],
-          token_limit: listing.token_limit, min_words: listing.min_words });
+          token_limit: listing.token_limit, token_cap: listing.token_cap ?? null, min_words: listing.min_words });
       }
     }
     this.buildRows();

@@ -46,7 +46,17 @@ test("quickIssues mirrors the server's codes and levels", () => {
   assert.match(issues[0].message, /about \d+ tokens/);
   // An exact count replaces the estimate.
   assert.deepEqual(quickIssues(long, { tokens: 70 }), []);
-  assert.deepEqual(quickIssues("x y z w v", { tokens: 300 }).map((i) => [i.code, i.estimated]), [["caption_truncated", false]]);
+  // Where the encoding cuts (the diffusers path's 225), too long is a warning; in ComfyUI (no cap)
+  // the same caption is a note saying how many windows encode it.
+  assert.deepEqual(quickIssues("x y z w v", { tokens: 300, tokenCap: 225 }).map((i) => [i.code, i.estimated]), [["caption_truncated", false]]);
+  const uncut = quickIssues("x y z w v", { tokens: 300 });
+  assert.deepEqual(uncut.map((i) => [i.level, i.code]), [["info", "caption_long"]]);
+  assert.match(uncut[0].message, /4 windows of 75 tokens.*nothing is cut/);
+  const cache = new LintCache();
+  cache.store(["a"], { results: [{ tokens: 1, issues: [] }], token_limit: 75, token_cap: 225, min_words: 5 });
+  assert.equal(cache.tokenCap, 225);
+  cache.store(["b"], { results: [{ tokens: 1, issues: [] }], token_limit: 75, token_cap: null, min_words: 5 });
+  assert.equal(cache.tokenCap, null);
 });
 
 test("worstLevel and badges", () => {
