@@ -10,26 +10,31 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StyleLoRAError
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see either the old file or the complete new one.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; when the block ends cleanly it is fsynced
+    and renamed over ``path``, so readers see either the old file or the complete new one.
 
-    The temporary file lives in the same directory because ``os.replace`` is only atomic within
-    one filesystem. It is removed again if anything fails.
+    The one atomic writer of the pack (caption files, resume state, LoRA files). The temporary file
+    lives in the same directory because ``os.replace`` is only atomic within one filesystem; its
+    name (``.<name>.<random>.tmp``) is hidden and never matches an epoch file. It is removed again if
+    anything fails, Ctrl-C included.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
     mode = _final_mode(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield Path(tmp_name)
+        with open(tmp_name, "rb+") as handle:
             # fsync before the rename: otherwise a crash can leave a renamed but empty file.
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)  # mkstemp makes 0600 files; keep the usual (or the old) permissions
@@ -39,7 +44,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp_name)
         raise
     _fsync_directory(directory)
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def _final_mode(target: Path) -> int:

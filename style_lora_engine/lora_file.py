@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .config import TrainConfig
 from .errors import ConfigError, StyleLoRAError
 
@@ -79,7 +79,7 @@ def epoch_file_name(name: str, epoch: int) -> str:
 def list_epoch_files(folder: Path, name: str) -> dict[int, Path]:
     """``{epoch: path}`` of ``<name>-NNNNNN.safetensors`` files in ``folder`` (exact pattern only).
 
-    Temp files (``.<name>...tmp-<pid>``) and other runs' files never match.
+    Temp files (``.<name>.<random>.tmp``) and other runs' files never match.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -228,36 +228,15 @@ def build_metadata(
 # file I/O
 
 
-def _temp_path(path: Path) -> Path:
-    # Hidden, same directory (so os.replace is atomic), never matching the epoch-file pattern.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def _write_safetensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write the file and flush it to disk (the seam the tests break to simulate a failed write)."""
+    """Write the file (the seam the tests break to simulate a failed write)."""
     from safetensors.torch import save_file
 
     save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename durable; not possible on every platform (Windows), so best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Write a safetensors LoRA atomically: temp file in the same folder, fsync, ``os.replace``.
+    """Write a safetensors LoRA atomically (``atomic.atomic_path``: temp file beside it, fsync, rename).
 
     On any failure, Ctrl-C included, the temp file is removed and whatever was at ``path``
     before is left untouched: never a partial file at ``path``.
@@ -270,18 +249,8 @@ def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Ma
         raise StyleLoRAError(f"Refusing to write {path}: the LoRA has no tensors.")
     # safetensors needs contiguous, non-aliasing CPU-serialisable tensors.
     prepared = {k: v.detach().contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         _write_safetensors(tmp, prepared, dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def read_lora_metadata(path: Path) -> dict[str, str]:

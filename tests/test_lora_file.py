@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -120,6 +119,7 @@ def test_list_epoch_files_exact_pattern(tmp_path: Path) -> None:
         "style.safetensors",  # kohya's unnumbered last epoch: not ours
         "style-000003.safetensors.tmp-123",
         ".style-000004.safetensors.tmp-99",
+        ".style-000009.safetensors.k2j4x8.tmp",  # the atomic writer's temp name
         "style-0000005.safetensors",  # 7 digits with a leading zero: never written by us
         "style-00006.safetensors",
         "other-000007.safetensors",
@@ -261,7 +261,7 @@ def test_atomic_save_failure_keeps_previous_file(tmp_path: Path, monkeypatch, er
     with pytest.raises(type(error)):
         save_lora_file(path, kohya_tensors(5.0), metadata(epoch=2))
     assert written and written[0].parent == tmp_path
-    assert written[0].name.startswith(".") and ".tmp-" in written[0].name
+    assert written[0].name.startswith(".") and written[0].name.endswith(".tmp")
     assert not written[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     assert path.read_bytes() == before
@@ -317,9 +317,16 @@ def test_read_rejects_non_kohya_safetensors(tmp_path: Path) -> None:
     assert read_lora_metadata(checkpoint) == {}
 
 
-def test_temp_name_never_matches_epoch_pattern(tmp_path: Path) -> None:
+def test_temp_name_never_matches_epoch_pattern(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / epoch_file_name("style", 4)
-    tmp = lora_file._temp_path(path)
-    assert tmp.parent == tmp_path and tmp.name.endswith(f".tmp-{os.getpid()}")
-    tmp.write_bytes(b"x")
-    assert list_epoch_files(tmp_path, "style") == {}
+    seen: list[dict] = []
+    real_writer = lora_file._write_safetensors
+
+    def writer(tmp: Path, tensors, meta) -> None:  # noqa: ANN001
+        real_writer(tmp, tensors, meta)
+        seen.append(list_epoch_files(tmp_path, "style"))  # mid-save: the finished temp file is there
+
+    monkeypatch.setattr(lora_file, "_write_safetensors", writer)
+    save_lora_file(path, kohya_tensors(), metadata(epoch=4))
+    assert seen == [{}]
+    assert list(list_epoch_files(tmp_path, "style")) == [4]

@@ -40,7 +40,7 @@ def test_round_trip_restores_optimizer_scheduler_and_rng(tmp_path):
     params, opt, sched = _trained_optimizer()
     state = _state(opt, sched)
     save_resume_state(tmp_path, state)
-    assert not any(p.suffix == ".tmp" or ".tmp-" in p.name for p in tmp_path.iterdir())
+    assert not any(p.suffix == ".tmp" or p.name.startswith(".") for p in tmp_path.iterdir())
     loaded = load_resume_state(tmp_path, "abc")
     assert loaded is not None and loaded.epoch == 3 and loaded.global_step == 15
     assert torch.equal(loaded.lora["a.lora_A.weight"], torch.ones(2, 3))
