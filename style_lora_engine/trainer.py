@@ -239,8 +239,12 @@ def _train_lora(
         lora_model = LoraModel(unet, lora_config, ADAPTER)
         lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
         for p in lora_params:
-            p.data = p.data.float()  # train LoRA weights in fp32 whatever the U-Net dtype
             p.requires_grad_(True)
+        # LoRA weights train in fp32 whatever the U-Net dtype (diffusers' helper casts the trainable ones;
+        # imported here: diffusers.training_utils pulls in accelerate, too slow for ComfyUI's start-up).
+        from diffusers.training_utils import cast_training_params
+
+        cast_training_params(unet, dtype=torch.float32)
         optimizer = build_optimizer(lora_params, config)
         scheduler = build_lr_scheduler(optimizer, config.lr_scheduler,
                                        warmup_steps=config.lr_warmup_steps, total_steps=total_steps)
