@@ -80,6 +80,17 @@ def dataset_roots() -> list[Path]:
     return roots
 
 
+def is_within(directory: Path, target: Path) -> bool:
+    """``target`` inside (or equal to) ``directory`` after resolving links; inside ComfyUI by its own
+    ``folder_paths.is_within_directory``, so the pack confines paths exactly as ComfyUI does."""
+    folder_paths = _comfy("folder_paths")
+    check = getattr(folder_paths, "is_within_directory", None) if folder_paths is not None else None
+    if check is not None:
+        return bool(check(str(directory), str(target)))
+    root, path = Path(directory).resolve(), Path(target).resolve()
+    return path == root or root in path.parents
+
+
 def loras_dir() -> Path:
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:

@@ -30,7 +30,7 @@ def resolve_dataset_folder(folder: str) -> Path:
         return safe_join(roots[0], text)
     resolved = candidate.resolve()
     for root in roots:
-        if resolved == root or root in resolved.parents:
+        if comfy_bridge.is_within(root, resolved):
             return resolved
     allowed = ", ".join(str(r) for r in roots)
     raise DatasetError(

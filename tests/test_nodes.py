@@ -1,6 +1,7 @@
 """The node functions, called as ComfyUI calls them, without ComfyUI."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -205,3 +206,28 @@ def test_train_node_failing_before_its_first_step_tells_the_panel(env, clip_toke
     assert events[0][1]["run"] == events[1][1]["run"]  # the page switches to the new run, then sees it fail
     assert events[1][1]["state"] == "failed" and "Out of memory" in events[1][1]["message"]
     assert HISTORY.snapshot("23")["state"] == "failed"
+
+
+def test_dataset_folder_confinement_uses_comfyuis_check_inside_comfyui(tmp_path, monkeypatch) -> None:
+    import types
+
+    from style_lora_trainer.nodes.dataset_nodes import resolve_dataset_folder
+
+    inside, outside = tmp_path / "input" / "style", tmp_path / "elsewhere"
+    inside.mkdir(parents=True)
+    outside.mkdir()
+    calls = []
+
+    def is_within_directory(directory: str, target: str) -> bool:
+        calls.append((directory, target))
+        return target.startswith(directory + "/")
+
+    fake = types.SimpleNamespace(get_input_directory=lambda: str(tmp_path / "input"),
+                                 is_within_directory=is_within_directory)
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    monkeypatch.delenv("STYLE_LORA_DATASET_ROOTS", raising=False)
+    assert resolve_dataset_folder(str(inside)) == inside.resolve()
+    with pytest.raises(DatasetError, match="outside the folders"):
+        resolve_dataset_folder(str(outside))
+    assert (str((tmp_path / "input").resolve()), str(inside.resolve())) in calls
+    assert any(target == str(outside.resolve()) for _, target in calls)
