@@ -172,16 +172,14 @@ def caption_issues(
             issues.append(("warning", "caption_truncated",
                            f"The caption is {n_tokens} tokens; it is encoded in up to {token_cap // max_tokens} "
                            f"chunks of {max_tokens} tokens and everything after token {token_cap} is cut. Shorten it."))
-        elif n_tokens > max_tokens and token_cap is not None:
-            issues.append(("info", "caption_long",
-                           f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token "
-                           f"window; it will be encoded in up to {token_cap // max_tokens} chunks of {max_tokens} "
-                           f"tokens (anything over {token_cap} tokens is cut)."))
         elif n_tokens > max_tokens:
+            how = (f"up to {token_cap // max_tokens} chunks of {max_tokens} tokens (anything over {token_cap} "
+                   "tokens is cut)" if token_cap is not None else
+                   f"{-(-n_tokens // max_tokens)} windows of {max_tokens} tokens, the way ComfyUI encodes a long "
+                   "prompt (nothing is cut)")
             issues.append(("info", "caption_long",
                            f"The caption is {n_tokens} tokens, more than the text encoder's {max_tokens}-token "
-                           f"window; it will be encoded in {-(-n_tokens // max_tokens)} windows of {max_tokens} "
-                           "tokens, the way ComfyUI encodes a long prompt (nothing is cut)."))
+                           f"window; it will be encoded in {how}."))
     return issues
 
 

@@ -48,15 +48,9 @@ ITEM_GAP = 30
 COLUMN_GAP = 40      # between columns inside a group
 GROUP_GAP = 60
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"     # the frontend's yellow note colours
-# Room for what the canvas extension adds to our nodes, so a loaded node needs no resize and grows
-# over nothing: (minimum width, minimum height, height of its panel widget) per node type, and the
-# result text (its widget's minimum height + margin) shown after a node with a "ui" text result has
-# run. The sizes come from js/lib/contract.json, the file the JS reads them from.
-_CONTRACT = json.loads((ROOT / "js" / "lib" / "contract.json").read_text(encoding="utf-8"))
-CANVAS_PANELS = {node: (p["min_width"], p["min_height"], p["panel_height"])
-                 for node, p in _CONTRACT["panels"].items()}
+# Nodes that show a result text (the pack's canvas_contract has its height) after they have run.
 RESULT_TEXT_NODES = ("StyleLoRATrain", "StyleLoRASaveEpochs", "StyleLoRAShuffleCaption")
-RESULT_TEXT_H = _CONTRACT["result_text"]["min_height"] + 10
+RESULT_TEXT_MARGIN = 10
 BLUE, GREEN, BROWN, PURPLE = "#3f789e", "#8A8", "#b06634", "#a1309b"
 
 
@@ -127,14 +121,18 @@ class NodeDef:
         return names
 
 
-def _our_node_classes() -> tuple[dict[str, type], dict[str, str]]:
+def _pack_module(name: str) -> Any:
     tools = str(Path(__file__).resolve().parent)
     if tools not in sys.path:
         sys.path.insert(0, tools)
     from pack_loader import PACKAGE_NAME, load_pack
 
     load_pack()
-    nodes = importlib.import_module(f"{PACKAGE_NAME}.nodes")
+    return importlib.import_module(f"{PACKAGE_NAME}.{name}")
+
+
+def _our_node_classes() -> tuple[dict[str, type], dict[str, str]]:
+    nodes = _pack_module("nodes")
     return nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS
 
 
@@ -240,10 +238,15 @@ class Workflow:
             rows = max(len(inputs), len(outputs))
             multiline = sum(1 for w in d.widgets if w.options.get("multiline"))
             height = rows * SLOT_H + (len(values) - multiline) * WIDGET_H + multiline * MULTILINE_H + NODE_PAD
-            min_w, min_h, panel = CANVAS_PANELS.get(type_, (0, 0, 0))
-            height = max(min_h, height + (panel + 4 if panel else 0))
-            height += RESULT_TEXT_H if type_ in RESULT_TEXT_NODES else 0
-            width = max(width, min_w)
+            # Room for what the canvas extension adds (sizes from js/lib/contract.json, as the JS
+            # reads them), so a loaded node needs no resize and grows over nothing.
+            contract = _pack_module("nodes.canvas_contract")
+            panel = contract.PANELS.get(type_, {"min_width": 0, "min_height": 0, "panel_height": 0})
+            extra = panel["panel_height"] + 4 if panel["panel_height"] else 0
+            height = max(panel["min_height"], height + extra)
+            if type_ in RESULT_TEXT_NODES:
+                height += contract.RESULT_TEXT_MIN_HEIGHT + RESULT_TEXT_MARGIN
+            width = max(width, panel["min_width"])
         n = Node(len(self.nodes) + 1, type_, values, d.widget_names(), inputs, outputs, width, height, title)
         self.nodes.append(n)
         return n
