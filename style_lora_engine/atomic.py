@@ -46,6 +46,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_directory(directory)
 
 
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files :func:`atomic_path` leaves when its process is killed mid-write (no
+    ``finally`` runs then). Only for a folder no other process is writing to (a run's own folder)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:

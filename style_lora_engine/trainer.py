@@ -22,7 +22,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, remove_stale_temp_files
 from .backend import SampleGeometry, TrainingBackend, crop_geometry
 from .captions import tag_frequency
 from .config import TrainConfig, fingerprint
@@ -201,6 +201,7 @@ def _train_lora(
     run_id = run_fingerprint(backend, dataset, config, output_name)
     run_dir = Path(runs_root) / f"{output_name}-{run_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(run_dir)  # a run killed mid-save (SIGKILL, power loss) left its temp file
     atomic_write_text(run_dir / "config.json", json.dumps(
         {"output_name": output_name, "arch": backend.arch, "model": backend.model_name,
          "config": config.to_json_dict(), "dataset": dataset.summary()}, indent=2, default=str))

@@ -67,3 +67,21 @@ def test_safe_join_rejects_symlink_pointing_outside(tmp_path: Path) -> None:
     (base / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(StyleLoRAError, match="outside"):
         safe_join(base, "link/caption.txt")
+
+
+def test_stale_temp_files_are_removed_and_nothing_else(tmp_path) -> None:
+    from style_lora_trainer.style_lora_engine.atomic import atomic_path, remove_stale_temp_files
+
+    keep = [tmp_path / "style-000001.safetensors", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in keep:
+        path.write_bytes(b"x")
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "style-000002.safetensors") as tmp:
+        tmp.write_bytes(b"partial")
+        leftover = tmp
+        # What a SIGKILL at this instant would leave (no cleanup runs): the same file, kept.
+        (tmp_path / ".style-000003.safetensors.abcd.tmp").write_bytes(tmp.read_bytes())
+        raise KeyboardInterrupt
+    assert not leftover.exists()  # an interrupt is cleaned up by the writer itself
+    removed = remove_stale_temp_files(tmp_path)
+    assert [p.name for p in removed] == [".style-000003.safetensors.abcd.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)

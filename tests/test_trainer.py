@@ -125,9 +125,15 @@ def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_pat
     assert len(run_dirs) == 1
     assert sorted(p.name for p in run_dirs[0].glob("*.safetensors") if p.name.startswith("r-")) == [
         "r-000001.safetensors"]
+    # What a kill in the middle of writing epoch 2 leaves (no cleanup runs): the re-run removes it.
+    stale = run_dirs[0] / ".r-000002.safetensors.x1y2z3.tmp"
+    stale.write_bytes(b"half a file")
+    epoch_one = (run_dirs[0] / "r-000001.safetensors").read_bytes()
 
     resumed = train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r")
     assert resumed.resumed_from_epoch == 1
+    assert not stale.exists()
+    assert (run_dirs[0] / "r-000001.safetensors").read_bytes() == epoch_one  # finished epochs untouched
     assert len(resumed.losses) == len(reference.losses)
     assert resumed.losses == pytest.approx(reference.losses, abs=0)
     for epoch in (1, 2):
