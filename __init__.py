@@ -1,7 +1,7 @@
 """Style LoRA Trainer: train style LoRAs inside ComfyUI the way the style-LoRA guide teaches."""
 
+from .canvas_server import register_routes
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes.comfy_bridge import register_routes
 
 WEB_DIRECTORY = "./js"
 

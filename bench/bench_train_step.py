@@ -2,7 +2,7 @@
 
 What one step is: the same work as one step of ``trainer.train_lora`` with ``DiffusersBackend``,
 minus the text encoder. The U-Net is the real SD1.5 architecture (``UNet2DConditionModel``
-built from ``style_lora_engine/model_configs/sd15_unet.json``, random weights, nothing
+built from ``dev/model_configs/sd15_unet.json``, random weights, nothing
 downloaded), frozen, fp32, with a peft LoRA injected exactly as the trainer does (rank 32 /
 alpha 16 on ``find_lora_targets(unet)``), DAdaptAdamW from ``build_optimizer(TrainConfig())``,
 the constant LR schedule, DDPM noise + random timestep, MSE loss, gradient clipping at 1.0.
@@ -144,28 +144,36 @@ def peak_rss_bytes() -> int:
 
 
 def _engine(module: str) -> Any:
-    """An engine module, with the repo loaded as a package the way ComfyUI loads it."""
+    return _pack_module(f"style_lora_engine.{module}")
+
+
+def _dev(module: str) -> Any:
+    return _pack_module(f"dev.{module}")
+
+
+def _pack_module(module: str) -> Any:
+    """A module of the pack, with the repo loaded as a package the way ComfyUI loads it."""
     sys.path.insert(0, str(ROOT / "tools"))
     from pack_loader import load_pack
 
     load_pack(PACKAGE)
-    return importlib.import_module(f"{PACKAGE}.style_lora_engine.{module}")
+    return importlib.import_module(f"{PACKAGE}.{module}")
 
 
 def _build_unet(quick: bool) -> Any:
     from diffusers import UNet2DConditionModel
 
     if quick:
-        config = _engine("tiny_model").tiny_sd15_configs()["unet"]
+        config = _dev("tiny_model").tiny_sd15_configs()["unet"]
     else:
-        config = _engine("lora_keys").load_unet_config("sd15")
+        config = _dev("kohya_readers").load_unet_config("sd15")
     return UNet2DConditionModel.from_config(config)
 
 
 def _build_vae(quick: bool) -> Any:
     from diffusers import AutoencoderKL
 
-    config = _engine("tiny_model").tiny_sd15_configs()["vae"] if quick else SD15_VAE_CONFIG
+    config = _dev("tiny_model").tiny_sd15_configs()["vae"] if quick else SD15_VAE_CONFIG
     return AutoencoderKL(**config).requires_grad_(False).eval()
 
 

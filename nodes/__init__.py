@@ -1,9 +1,12 @@
-"""ComfyUI node classes (classic API: importable and testable without ComfyUI)."""
+"""The node classes, one module per node (classic API: importable and testable without ComfyUI).
+They are thin: widgets in, the engine and ``integration`` do the work."""
 
-from .dataset_nodes import StyleLoRACaptionEditor, StyleLoRALoadDataset, StyleLoRAShuffleCaption
-from .grid_node import StyleLoRAEpochWeightGrid
-from .save_node import StyleLoRASaveEpochs
-from .train_node import StyleLoRATrain
+from .caption_editor import StyleLoRACaptionEditor
+from .epoch_weight_grid import StyleLoRAEpochWeightGrid
+from .load_dataset import StyleLoRALoadDataset
+from .save_epochs import StyleLoRASaveEpochs
+from .shuffle_caption import StyleLoRAShuffleCaption
+from .train_lora import StyleLoRATrain
 
 NODE_CLASS_MAPPINGS = {
     "StyleLoRALoadDataset": StyleLoRALoadDataset,

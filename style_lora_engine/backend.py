@@ -12,6 +12,8 @@ from typing import Protocol
 
 import torch
 
+from .images import cover_crop
+
 
 @dataclass(frozen=True)
 class SampleGeometry:
@@ -62,8 +64,7 @@ class TrainingBackend(Protocol):
 
 
 def crop_geometry(width: int, height: int, bucket: tuple[int, int]) -> SampleGeometry:
-    """Geometry of the cover-resize + centre-crop that ``images.prepare_image`` performs."""
+    """SDXL conditioning of the crop ``images.prepare_image`` performs (the same ``cover_crop``)."""
     bw, bh = bucket
-    scale = max(bw / width, bh / height)
-    rw, rh = round(width * scale), round(height * scale)
-    return SampleGeometry((height, width), ((rh - bh) // 2, (rw - bw) // 2), (bh, bw))
+    _, _, left, top = cover_crop(width, height, bw, bh)
+    return SampleGeometry((height, width), (top, left), (bh, bw))

@@ -69,11 +69,16 @@ class Dataset:
         """Images seen per epoch: each image repeated ``repeats`` times (kohya's counting)."""
         return len(self.items) * self.repeats
 
+    def items_by_bucket(self) -> dict[tuple[int, int], list[int]]:
+        """Item indices per bucket, buckets in size order, items in dataset order: the one grouping
+        batches, the latent cache and the reports use (kohya: one bucket per batch)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(self.items):
+            groups.setdefault(item.bucket, []).append(index)
+        return dict(sorted(groups.items()))
+
     def bucket_counts(self) -> dict[tuple[int, int], int]:
-        counts: dict[tuple[int, int], int] = {}
-        for item in self.items:
-            counts[item.bucket] = counts.get(item.bucket, 0) + 1
-        return dict(sorted(counts.items()))
+        return {bucket: len(indices) for bucket, indices in self.items_by_bucket().items()}
 
     def summary(self) -> dict[str, Any]:
         """JSON-able overview (no absolute paths: it may end up in LoRA metadata)."""

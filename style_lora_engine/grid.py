@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write_bytes
@@ -374,27 +372,3 @@ def plot_loss(
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, buf.getvalue())
     return img
-
-
-# ---------------------------------------------------------------------------------------------
-# ComfyUI IMAGE tensors (B, H, W, C float32 in [0, 1])
-
-
-def pil_to_comfy_image(img: Image.Image) -> torch.Tensor:
-    """One PIL image as a ComfyUI IMAGE batch of 1: ``[1, H, W, 3]`` float32 in [0, 1]."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).unsqueeze(0)
-
-
-def comfy_image_to_pil(t: torch.Tensor) -> list[Image.Image]:
-    """A ComfyUI IMAGE (``[B, H, W, C]`` or ``[H, W, C]``, C = 1/3/4) as PIL images."""
-    if t.dim() == 3:
-        t = t.unsqueeze(0)
-    if t.dim() != 4 or t.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"Expected an IMAGE tensor [B, H, W, C] with C in 1/3/4, got {tuple(t.shape)}.")
-    arr = (t.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-    out: list[Image.Image] = []
-    for frame in arr:
-        # fromarray infers L / RGB / RGBA from the shape (its mode= argument is deprecated).
-        out.append(Image.fromarray(np.ascontiguousarray(frame[..., 0] if frame.shape[-1] == 1 else frame)))
-    return out

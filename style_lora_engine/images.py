@@ -110,24 +110,29 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return width, height
 
 
-def prepare_image(img: Image.Image, bucket_w: int, bucket_h: int) -> torch.Tensor:
-    """Resize ``img`` to cover the bucket (LANCZOS), centre-crop it, return CHW float in [-1, 1].
+def cover_crop(width: int, height: int, bucket_w: int, bucket_h: int) -> tuple[int, int, int, int]:
+    """``(resized_w, resized_h, left, top)`` of the cover-resize + centre-crop into a bucket: the one
+    geometry both :func:`prepare_image` and the SDXL crop conditioning use.
 
     Same as kohya: scale by the larger of the two ratios so no side is padded, then crop the
     overflow evenly from both ends.
     """
     if bucket_w < 1 or bucket_h < 1:
         raise ValueError(f"bucket size must be positive, got {bucket_w}x{bucket_h}")
-    img = to_rgb(img)
-    width, height = img.size
     scale = max(bucket_w / width, bucket_h / height)
     # max() guards against rounding one pixel short of the bucket.
     new_w = max(bucket_w, int(width * scale + 0.5))
     new_h = max(bucket_h, int(height * scale + 0.5))
-    if (new_w, new_h) != (width, height):
+    return new_w, new_h, (new_w - bucket_w) // 2, (new_h - bucket_h) // 2
+
+
+def prepare_image(img: Image.Image, bucket_w: int, bucket_h: int) -> torch.Tensor:
+    """Resize ``img`` to cover the bucket (LANCZOS), centre-crop it (:func:`cover_crop`), return CHW
+    float in [-1, 1]."""
+    img = to_rgb(img)
+    new_w, new_h, left, top = cover_crop(*img.size, bucket_w, bucket_h)
+    if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling.LANCZOS)
-    left = (new_w - bucket_w) // 2
-    top = (new_h - bucket_h) // 2
     if (new_w, new_h) != (bucket_w, bucket_h):
         img = img.crop((left, top, left + bucket_w, top + bucket_h))
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0

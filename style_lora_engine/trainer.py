@@ -108,12 +108,9 @@ def plan_epoch(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> list
     """Batches (lists of item indices) for one epoch: every image ``repeats`` times, one bucket per
     batch (kohya's rule), order reproducible from (seed, epoch) without saved RNG state."""
     rng = random.Random(_epoch_seed(seed, epoch))
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for index, item in enumerate(dataset.items):
-        by_bucket.setdefault(item.bucket, []).extend([index] * dataset.repeats)
     batches: list[list[int]] = []
-    for bucket in sorted(by_bucket):
-        indices = by_bucket[bucket]
+    for items in dataset.items_by_bucket().values():
+        indices = [index for index in items for _ in range(dataset.repeats)]
         rng.shuffle(indices)
         batches.extend(indices[i : i + batch_size] for i in range(0, len(indices), batch_size))
     rng.shuffle(batches)
@@ -146,17 +143,11 @@ class _LatentSource:
         if cache:
             if on_message:
                 on_message(f"Caching latents of {len(dataset.items)} images")
-            for indices in self._by_bucket().values():
+            for indices in dataset.items_by_bucket().values():
                 for start in range(0, len(indices), 8):
                     chunk = indices[start : start + 8]
                     latents = backend.encode_images(torch.stack([self._pixels(i) for i in chunk]))
                     self._cached.update(zip(chunk, latents, strict=True))
-
-    def _by_bucket(self) -> dict[tuple[int, int], list[int]]:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, item in enumerate(self.dataset.items):
-            groups.setdefault(item.bucket, []).append(index)
-        return groups
 
     def _pixels(self, index: int) -> torch.Tensor:
         item = self.dataset.items[index]

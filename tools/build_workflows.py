@@ -240,7 +240,7 @@ class Workflow:
             height = rows * SLOT_H + (len(values) - multiline) * WIDGET_H + multiline * MULTILINE_H + NODE_PAD
             # Room for what the canvas extension adds (sizes from js/lib/contract.json, as the JS
             # reads them), so a loaded node needs no resize and grows over nothing.
-            contract = _pack_module("nodes.canvas_contract")
+            contract = _pack_module("integration.canvas_contract")
             panel = contract.PANELS.get(type_, {"min_width": 0, "min_height": 0, "panel_height": 0})
             extra = panel["panel_height"] + 4 if panel["panel_height"] else 0
             height = max(panel["min_height"], height + extra)

@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     load_pack()
+    from style_lora_trainer.dev.synthetic_data import make_style_dataset
+    from style_lora_trainer.dev.tiny_model import IMAGE_SIZE, pretrained_tiny_sd15
+    from style_lora_trainer.integration.images import image_to_pil
     from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
-    from style_lora_trainer.style_lora_engine.grid import comfy_image_to_pil
-    from style_lora_trainer.style_lora_engine.synthetic_data import make_style_dataset
-    from style_lora_trainer.style_lora_engine.tiny_model import IMAGE_SIZE, pretrained_tiny_sd15
 
     started = time.perf_counter()
     print("[1/7] tiny SD-style model (built and pretrained once, then cached)")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         mixed_precision="auto", gradient_checkpointing=False, cache_latents=True,
         training_comment="Style LoRA Trainer demo on the embedded tiny model")
     run, loss_plot, summary = trained["result"]
-    comfy_image_to_pil(loss_plot)[0].save(out / "loss.png")
+    image_to_pil(loss_plot)[0].save(out / "loss.png")
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     print(summary)
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         model=model, clip=model, vae=model, prompts="\n".join(GRID_PROMPTS), negative="", weights=args.weights,
         epochs_to_show="all", seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=3.0,
         sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)
-    comfy_image_to_pil(grid)[0].save(out / "grid.png")
+    image_to_pil(grid)[0].save(out / "grid.png")
 
     print(f"done in {time.perf_counter() - started:.0f} s → {out}")
     for name in ("grid.png", "loss.png", "lint_report.txt", "shuffle_preview.txt", "summary.txt", "loras/"):

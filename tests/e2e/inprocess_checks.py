@@ -62,7 +62,7 @@ def case_sampling(args) -> dict:
     import torch
     from diffusers import DDPMScheduler
 
-    from style_lora_trainer.nodes.comfy_backend import noisy_input_and_target, parameterisation
+    from style_lora_trainer.integration.comfy_backend import noisy_input_and_target, parameterisation
 
     out = {}
     config = comfy.supported_models.SD15({})
@@ -109,7 +109,7 @@ def case_sdxl(args) -> dict:
     from helper_nodes import model_digest
     from safetensors import safe_open
 
-    from style_lora_trainer.nodes import comfy_bridge
+    from style_lora_trainer.integration import host
 
     work = Path(args.work)
     started = time.time()
@@ -117,7 +117,7 @@ def case_sdxl(args) -> dict:
         model, clip, vae = build_sdxl(seed=0, dtype=torch.bfloat16)
     build_s = time.time() - started
     digest_before = model_digest(model)
-    backend = comfy_bridge.training_backend(model, clip, vae)
+    backend = host.training_backend(model, clip, vae)
     info = {"arch": backend.arch, "naming": backend.naming, "prediction_type": backend.prediction_type,
             "model_class": type(model.model).__name__, "config_class": type(model.model.model_config).__name__,
             "build_s": round(build_s, 1)}
@@ -155,7 +155,7 @@ def case_sd15_fp16(args) -> dict:
     import torch
     from helper_nodes import model_digest
 
-    from style_lora_trainer.nodes import comfy_bridge
+    from style_lora_trainer.integration import host
 
     work = Path(args.work)
     with torch.inference_mode():
@@ -179,7 +179,7 @@ def case_sd15_fp16(args) -> dict:
     image_before = sample_image()
     mm.unload_all_models()
     flags_before, digest_before = cast_flags(), model_digest(model)
-    backend = comfy_bridge.training_backend(model, clip, vae)
+    backend = host.training_backend(model, clip, vae)
     result, train_s = _train(backend, _dataset(work, 64, 1), work, mixed_precision="fp32")
     mm.unload_all_models()
     info = {"weight_dtype": str(model.model_dtype()), "manual_cast_dtype": str(model.model.manual_cast_dtype),

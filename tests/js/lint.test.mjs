@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { badges, estimateTokens, LintCache, quickIssues, worstLevel, wordCount } from "../../js/lib/lint.js";
 
 // Real CLIP token counts (without start/end tokens) of the guide's captions, from the CLIP BPE
-// tokenizer the tests build (style_lora_engine.tiny_model.build_clip_tokenizer).
+// tokenizer the tests build (dev/tiny_model.py build_clip_tokenizer).
 const GUIDE_TOKENS = [
   ["A glossy red apple with droplets of water, nestled among green leaves", 14],
   ["A woman wearing glasses reflecting light, in a sunlit library, reading a vintage leather-bound book", 20],

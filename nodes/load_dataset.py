@@ -1,0 +1,58 @@
+"""LoadDataset: a folder of images and captions, checked against the guide."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..integration import tokens
+from ..integration.paths import resolve_dataset_folder
+from ..integration.socket_types import CATEGORY, DATASET
+from ..style_lora_engine.buckets import BucketSettings
+from ..style_lora_engine.dataset import Dataset, load_dataset
+from ..style_lora_engine.lint import lint_dataset
+
+
+class StyleLoRALoadDataset:
+    DESCRIPTION = ("Loads a folder of images with same-name caption files (the guide: 30-100 high-resolution "
+                   "images, each repeated ~10 times per epoch) and checks it against the guide.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (DATASET, "STRING")
+    RETURN_NAMES = ("dataset", "lint_report")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "my_style_dataset", "tooltip":
+                           "Folder under ComfyUI's input folder (or an absolute path inside an allowed root)."}),
+                "caption_extension": ("STRING", {"default": ".txt"}),
+                "repeats": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip":
+                            "Times each image is seen per epoch. The guide: ~10, between 8 and 20."}),
+                "resolution": ("INT", {"default": 512, "min": 32, "max": 4096, "step": 8, "tooltip":
+                               "Training resolution: 512 for SD1.5, 1024 for SDXL."}),
+                "enable_bucket": ("BOOLEAN", {"default": True, "tooltip": "Aspect-ratio bucketing (kohya)."}),
+                "min_bucket_size": ("INT", {"default": 256, "min": 32, "max": 4096, "step": 8}),
+                "max_bucket_size": ("INT", {"default": 1024, "min": 32, "max": 8192, "step": 8}),
+                "bucket_step": ("INT", {"default": 64, "min": 8, "max": 256, "step": 8}),
+                "bucket_no_upscale": ("BOOLEAN", {"default": False, "tooltip":
+                                      "Never enlarge small images; give them a smaller bucket."}),
+                "skip_unreadable": ("BOOLEAN", {"default": False, "tooltip":
+                                    "Skip images that cannot be read instead of stopping."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Connect to check captions against the text encoder's 75-token window."}),
+            },
+        }
+
+    def load(self, folder: str, caption_extension: str, repeats: int, resolution: int, enable_bucket: bool,
+             min_bucket_size: int, max_bucket_size: int, bucket_step: int, bucket_no_upscale: bool,
+             skip_unreadable: bool, clip: Any = None) -> tuple[Dataset, str]:
+        buckets = BucketSettings(enabled=enable_bucket, min_size=min_bucket_size, max_size=max_bucket_size,
+                                 step=bucket_step, no_upscale=bucket_no_upscale)
+        dataset = load_dataset(resolve_dataset_folder(folder), caption_extension=caption_extension,
+                               repeats=repeats, resolution=resolution, buckets=buckets,
+                               skip_unreadable=skip_unreadable)
+        report = lint_dataset(dataset, count_tokens=tokens.token_counter(clip),
+                              token_cap=tokens.token_cap(clip))
+        return dataset, report.to_text()

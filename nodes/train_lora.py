@@ -1,0 +1,168 @@
+"""TrainLoRA: a thin adapter from widgets to ``style_lora_engine.trainer.train_lora``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from ..canvas_server.training_history import HISTORY
+from ..integration import events, host, paths, progress
+from ..integration.images import pil_to_image
+from ..integration.socket_types import CATEGORY, DATASET, RUN
+from ..style_lora_engine.config import (
+    LR_SCHEDULERS,
+    MIXED_PRECISIONS,
+    OPTIMIZERS,
+    PRESET_NAMES,
+    PRESETS,
+    TrainConfig,
+    apply_preset,
+)
+from ..style_lora_engine.dataset import Dataset
+from ..style_lora_engine.grid import plot_loss
+from ..style_lora_engine.lora_file import sanitize_name
+from ..style_lora_engine.trainer import EpochInfo, StepInfo, TrainCallbacks, TrainResult, train_lora
+
+log = logging.getLogger("style_lora_trainer")
+
+
+def format_status(info: StepInfo) -> str:
+    eta = int(info.eta_seconds)
+    return (f"epoch {info.epoch}/{info.num_epochs} · step {info.global_step}/{info.total_steps} · "
+            f"loss {info.loss:.4f} · d·lr {info.dlr:.2e} · ETA {eta // 60}:{eta % 60:02d}")
+
+
+def step_payload(info: StepInfo, node_id: str | None, run: str | None = None) -> dict[str, Any]:
+    """Payload of the train-step server event (``canvas_contract.EVENT_STEP``, docs/CANVAS.md)."""
+    return {"node": node_id, "run": run, "epoch": info.epoch, "num_epochs": info.num_epochs,
+            "step": info.global_step, "total_steps": info.total_steps,
+            "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
+            "loss": info.loss, "lr": info.lr, "dlr": info.dlr, "eta_seconds": info.eta_seconds}
+
+
+def summarize(result: TrainResult) -> str:
+    cfg = result.config
+    lines = [
+        f"Run folder: {result.run_dir}",
+        f"{len(result.epoch_files)} epoch file(s): {', '.join(p.name for _, p in sorted(result.epoch_files.items()))}",
+        f"rank {cfg.rank} / alpha {cfg.alpha:g} · {cfg.optimizer} lr {cfg.learning_rate:g} · "
+        f"{cfg.lr_scheduler} · {cfg.epochs} epochs × {result.steps_per_epoch} steps",
+    ]
+    if result.resumed_from_epoch:
+        lines.append(f"Resumed after epoch {result.resumed_from_epoch}.")
+    if result.losses:
+        lines.append(f"Final loss {result.losses[-1]:.4f}; last d·lr {result.dlrs[-1]:.3e}")
+    return "\n".join(lines)
+
+
+class StyleLoRATrain:
+    DESCRIPTION = ("Trains a U-Net-only style LoRA in-process (peft), saving every epoch as its own kohya-format "
+                   "file. Defaults follow the guide: rank 32 / alpha 16, DAdapt-AdamW at lr 1.0, 20 epochs. "
+                   "Stop keeps finished epochs; queueing the same settings again resumes.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (RUN, "IMAGE", "STRING")
+    RETURN_NAMES = ("run", "loss_plot", "summary")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        d = TrainConfig()
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP",),
+                "vae": ("VAE",),
+                "dataset": (DATASET,),
+                "preset": (list(PRESET_NAMES), {"default": PRESET_NAMES[0], "tooltip":
+                           "A guide preset overrides rank, alpha, optimizer and learning rate; "
+                           "choose 'custom' to use the widgets below."}),
+                "output_name": ("STRING", {"default": "my_style"}),
+                "rank": ("INT", {"default": d.rank, "min": 1, "max": 256}),
+                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 256.0, "step": 0.5}),
+                "optimizer": (list(OPTIMIZERS), {"default": d.optimizer}),
+                "learning_rate": ("FLOAT", {"default": d.learning_rate, "min": 1e-7, "max": 10.0, "step": 1e-6,
+                                            "round": False, "tooltip": "DAdapt/Prodigy: 1.0. AdamW: ~1e-4."}),
+                "lr_scheduler": (list(LR_SCHEDULERS), {"default": d.lr_scheduler}),
+                "lr_warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100000}),
+                "epochs": ("INT", {"default": d.epochs, "min": 1, "max": 1000}),
+                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": False}),
+                "mixed_precision": (list(MIXED_PRECISIONS), {"default": d.mixed_precision}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": d.gradient_checkpointing}),
+                "cache_latents": ("BOOLEAN", {"default": d.cache_latents}),
+            },
+            "optional": {
+                "training_comment": ("STRING", {"default": "", "multiline": True}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model: Any, clip: Any, vae: Any, dataset: Dataset, preset: str, output_name: str,
+              rank: int, alpha: float, optimizer: str, learning_rate: float, lr_scheduler: str,
+              lr_warmup_steps: int, epochs: int, batch_size: int, seed: int, mixed_precision: str,
+              gradient_checkpointing: bool, cache_latents: bool, training_comment: str = "",
+              unique_id: str | None = None) -> dict[str, Any]:
+        config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
+                             lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
+                             batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
+                             gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
+        config = apply_preset(config, preset).validate()
+        name = sanitize_name(output_name)
+        backend = host.training_backend(model, clip, vae)
+        node_id = str(unique_id) if unique_id is not None else None
+        bar = progress.Progress(config.epochs, node_id)
+
+        run_id = uuid.uuid4().hex[:12]
+        node_key = node_id or "?"
+        started = False
+
+        def begin(total_steps: int, steps_per_epoch: int, start_step: int) -> None:
+            nonlocal started
+            started = True
+            HISTORY.start(node_key, run_id, total_steps=total_steps, num_epochs=config.epochs,
+                          steps_per_epoch=steps_per_epoch, start_step=start_step)
+            events.send_event(events.EVENT_START, {
+                "node": node_id, "run": run_id, "total_steps": total_steps, "num_epochs": config.epochs,
+                "steps_per_epoch": steps_per_epoch, "start_step": start_step})
+
+        def on_step(info: StepInfo) -> None:
+            if not started:  # the first step tells the run's size (and where a resumed run starts)
+                begin(info.total_steps, info.steps_per_epoch, info.global_step - 1)
+            progress.check_interrupt()  # Stop takes effect within one step
+            bar.update_absolute(info.global_step, info.total_steps)
+            events.send_status_text(format_status(info), node_id)
+            HISTORY.step(node_key, run_id, step=info.global_step, epoch=info.epoch, loss=info.loss, lr=info.lr,
+                         dlr=info.dlr, eta_seconds=info.eta_seconds)
+            events.send_event(events.EVENT_STEP, step_payload(info, node_id, run_id))
+
+        def on_epoch(info: EpochInfo) -> None:
+            HISTORY.epoch(node_key, run_id, epoch=info.epoch, step=info.global_step, file=info.path.name,
+                          mean_loss=info.mean_loss)
+            events.send_event(events.EVENT_EPOCH, {
+                "node": node_id, "run": run_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
+                "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss})
+
+        def on_end(state: str, message: str) -> None:
+            if not started:  # ended before the first step (out of memory caching latents, nothing left to train)
+                begin(0, 0, 0)
+            HISTORY.end(node_key, run_id, state, message)
+            events.send_event(events.EVENT_END, {"node": node_id, "run": run_id, "state": state,
+                                                             "message": message})
+
+        try:
+            result = train_lora(backend, dataset, config, runs_root=paths.runs_dir(), output_name=name,
+                                callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info),
+                                training_comment=training_comment)
+        except BaseException as exc:  # ComfyUI's Stop is a BaseException; re-raised unchanged
+            stopped = progress.is_interrupt(exc)
+            on_end("stopped" if stopped else "failed", "Stopped; finished epochs are kept." if stopped else str(exc))
+            raise
+        on_end("finished", f"{len(result.epoch_files)} epoch file(s) in {result.run_dir}")
+        plot = plot_loss(result.losses, epoch_steps=result.epoch_end_steps, dlr=result.dlrs,
+                         title=f"{name}: loss per step", path=result.run_dir / "loss.png")
+        summary = summarize(result)
+        if preset in PRESETS:
+            summary += f"\nPreset: {preset}"
+        return {"ui": {"text": [summary]}, "result": (result, pil_to_image(plot), summary)}

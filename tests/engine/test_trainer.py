@@ -1,0 +1,220 @@
+"""The training loop on a tiny random-weight model: files, metadata, resume, stop, model restored."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
+from style_lora_trainer.dev.synthetic_data import make_style_dataset
+from style_lora_trainer.dev.tiny_model import build_tiny_sd15, build_tiny_sdxl
+from style_lora_trainer.style_lora_engine.buckets import BucketSettings
+from style_lora_trainer.style_lora_engine.config import TrainConfig
+from style_lora_trainer.style_lora_engine.dataset import load_dataset
+from style_lora_trainer.style_lora_engine.errors import TrainingStopped
+from style_lora_trainer.style_lora_engine.shuffle import ShuffleSettings
+from style_lora_trainer.style_lora_engine.trainer import (
+    TrainCallbacks,
+    plan_epoch,
+    steps_per_epoch,
+    train_lora,
+)
+
+CONFIG = TrainConfig(rank=4, alpha=2.0, epochs=2, batch_size=2, seed=3)
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "data"
+    make_style_dataset(folder, count=4, size=32, seed=1)
+    ds = load_dataset(folder, repeats=2, resolution=32, buckets=BucketSettings(min_size=32, step=32))
+    return ds.with_shuffle(ShuffleSettings(keep_tokens=1, seed=5))
+
+
+@pytest.fixture
+def model(clip_tokenizer):
+    return build_tiny_sd15(clip_tokenizer, seed=0)
+
+
+def _unet_output(unet):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+
+
+def test_plan_epoch_repeats_each_image_and_is_reproducible(dataset):
+    batches = plan_epoch(dataset, 3, seed=1, epoch=1)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == sorted(list(range(4)) * 2)
+    assert len(batches) == steps_per_epoch(dataset, 3) == 3
+    assert batches == plan_epoch(dataset, 3, seed=1, epoch=1)
+    assert any(plan_epoch(dataset, 1, seed=1, epoch=e) != plan_epoch(dataset, 1, seed=1, epoch=1) for e in (2, 3, 4))
+
+
+def test_every_epoch_is_a_kohya_file_and_the_model_is_restored(tmp_path, dataset, model):
+    before = _unet_output(model.unet)
+    modules_before = {n: type(m) for n, m in model.unet.named_modules()}
+    seen_captions = []
+    backend = DiffusersBackend(model)
+    original_loss = backend.loss
+
+    def spy(latents, captions, geometry, generator):
+        seen_captions.append(list(captions))
+        return original_loss(latents, captions, geometry, generator)
+
+    backend.loss = spy
+    steps = []
+    result = train_lora(backend, dataset, CONFIG, runs_root=tmp_path / "runs", output_name="demo",
+                        callbacks=TrainCallbacks(on_step=steps.append))
+
+    assert sorted(result.epoch_files) == [1, 2]
+    assert [p.name for _, p in sorted(result.epoch_files.items())] == ["demo-000001.safetensors",
+                                                                        "demo-000002.safetensors"]
+    assert len(result.losses) == len(steps) == 2 * steps_per_epoch(dataset, 2) == 8
+    assert result.epoch_end_steps == [4, 8]
+    assert steps[-1].epoch == 2 and steps[-1].global_step == 8 and steps[-1].total_steps == 8
+    assert all(s.dlr > 0 for s in steps)
+    assert not [p for p in result.run_dir.iterdir() if ".tmp" in p.name]
+
+    tensors = load_file(str(result.epoch_files[2]))
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    alphas = {k: v for k, v in tensors.items() if k.endswith(".alpha")}
+    assert alphas and all(float(v) == 2.0 for v in alphas.values())
+    downs = [v for k, v in tensors.items() if k.endswith("lora_down.weight")]
+    assert all(v.shape[0] == 4 and v.dtype == torch.float16 for v in downs)
+    assert any(float(v.abs().sum()) > 0 for k, v in tensors.items() if k.endswith("lora_up.weight"))
+    with safe_open(str(result.epoch_files[2]), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_epoch"] == "2" and meta["ss_num_epochs"] == "2" and meta["ss_steps"] == "8"
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    assert meta["ss_shuffle_caption"] == "True" and meta["ss_keep_tokens"] == "1"
+    assert meta["ss_num_train_images"] == "8"
+
+    # Shuffling happened per step, with the first part fixed.
+    first = dataset.items[0].caption
+    variants = {c for batch in seen_captions for c in batch if c.split(",")[0] == first.split(",")[0]}
+    assert len(variants) > 1
+    assert all(v.split(",")[0] == first.split(",")[0] for v in variants)
+
+    # The user's model is exactly as before: same modules, same output, nothing left trainable.
+    assert {n: type(m) for n, m in model.unet.named_modules()} == modules_before
+    assert torch.equal(_unet_output(model.unet), before)
+
+
+def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_path, dataset, clip_tokenizer):
+    reference = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset, CONFIG,
+                           runs_root=tmp_path / "a", output_name="r")
+
+    def stop_in_epoch_two(info):
+        if info.epoch == 2 and info.step_in_epoch == 2:
+            raise Stop()
+
+    model = build_tiny_sd15(clip_tokenizer, seed=0)
+    with pytest.raises(Stop):
+        train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r",
+                   callbacks=TrainCallbacks(on_step=stop_in_epoch_two))
+    run_dirs = list((tmp_path / "b").iterdir())
+    assert len(run_dirs) == 1
+    assert sorted(p.name for p in run_dirs[0].glob("*.safetensors") if p.name.startswith("r-")) == [
+        "r-000001.safetensors"]
+    # What a kill in the middle of writing epoch 2 leaves (no cleanup runs): the re-run removes it.
+    stale = run_dirs[0] / ".r-000002.safetensors.x1y2z3.tmp"
+    stale.write_bytes(b"half a file")
+    epoch_one = (run_dirs[0] / "r-000001.safetensors").read_bytes()
+
+    resumed = train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r")
+    assert resumed.resumed_from_epoch == 1
+    assert not stale.exists()
+    assert (run_dirs[0] / "r-000001.safetensors").read_bytes() == epoch_one  # finished epochs untouched
+    assert len(resumed.losses) == len(reference.losses)
+    assert resumed.losses == pytest.approx(reference.losses, abs=0)
+    for epoch in (1, 2):
+        a = load_file(str(reference.epoch_files[epoch]))
+        b = load_file(str(resumed.epoch_files[epoch]))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"epoch {epoch} differs after resume"
+
+    # A finished run is not trained again.
+    again = train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r")
+    assert again.resumed_from_epoch == 2 and sorted(again.epoch_files) == [1, 2]
+
+
+def test_changed_settings_start_a_new_run(tmp_path, dataset, model):
+    a = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(CONFIG, epochs=1),
+                   runs_root=tmp_path, output_name="r")
+    b = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(CONFIG, epochs=1, rank=2),
+                   runs_root=tmp_path, output_name="r")
+    assert a.run_dir != b.run_dir and b.resumed_from_epoch == 0
+
+
+def test_non_finite_loss_stops_with_advice_and_keeps_finished_epochs(tmp_path, dataset, model):
+    backend = DiffusersBackend(model)
+    original = backend.loss
+    calls = []
+
+    def nan_in_epoch_two(*args):
+        calls.append(1)
+        loss = original(*args)
+        return loss * float("nan") if len(calls) == 6 else loss
+
+    backend.loss = nan_in_epoch_two
+    before = _unet_output(model.unet)
+    with pytest.raises(TrainingStopped, match="epoch 2") as err:
+        train_lora(backend, dataset, CONFIG, runs_root=tmp_path, output_name="r")
+    assert "warmup" in str(err.value)
+    files = sorted(p.name for p in next(tmp_path.iterdir()).glob("r-*.safetensors"))
+    assert files == ["r-000001.safetensors"]
+    assert torch.equal(_unet_output(model.unet), before)
+
+
+def test_latent_caching_does_not_change_the_result(tmp_path, dataset, model):
+    cached = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(CONFIG, epochs=1),
+                        runs_root=tmp_path, output_name="c")
+    live = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(CONFIG, epochs=1, cache_latents=False),
+                      runs_root=tmp_path, output_name="c")
+    assert live.losses == pytest.approx(cached.losses, rel=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, dataset, model):
+    plain = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(CONFIG, epochs=1),
+                       runs_root=tmp_path, output_name="g")
+    ckpt = train_lora(DiffusersBackend(model), dataset,
+                      dataclasses.replace(CONFIG, epochs=1, gradient_checkpointing=True),
+                      runs_root=tmp_path, output_name="g")
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert not model.unet.is_gradient_checkpointing  # restored
+
+
+def test_sdxl_trains_with_pooled_and_size_conditioning_and_ldm_key_names(tmp_path, dataset, clip_tokenizer):
+    model = build_tiny_sdxl(clip_tokenizer, seed=0)
+    backend = DiffusersBackend(model)
+    context, pooled = backend.encode_text(["a caption", "another caption"])
+    assert pooled is not None and pooled.shape[0] == 2
+    assert context.shape[-1] == model.unet.config.cross_attention_dim
+    result = train_lora(backend, dataset, dataclasses.replace(CONFIG, epochs=1), runs_root=tmp_path,
+                        output_name="xl")
+    keys = load_file(str(result.epoch_files[1])).keys()
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys)
+    assert any(k.startswith("lora_unet_output_blocks_") for k in keys)
+    assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
+    with safe_open(str(result.epoch_files[1]), "pt") as f:
+        assert f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def test_long_captions_are_encoded_in_chunks_not_cut(model):
+    backend = DiffusersBackend(model)
+    short, _ = backend.encode_text(["a red circle"])
+    long_caption = ", ".join(f"detail number {i} in orange" for i in range(30))  # > 75 tokens
+    long, _ = backend.encode_text([long_caption, "a red circle"])
+    assert short.shape[1] == 77
+    assert long.shape[1] in (154, 231)
+    # The short caption in a batch with a long one keeps its own first window.
+    assert torch.allclose(long[1, :77], short[0], atol=1e-5)
