@@ -1,15 +1,18 @@
 """Functional test: a LoRA trained by the pack pulls generations toward the dataset's style.
 
-On the demo's tiny pretrained model and a synthetic style dataset, the distance between generated
-images' colour/texture statistics and the training set's falls as the LoRA weight goes 0 → 1 and
-as training goes on. Assertions use margins, not absolute values.
+On the demo's tiny pretrained model (shipped, checked by hash: the same start on every CPU) and a
+synthetic style dataset, the distance between generated images' colour/texture statistics and the
+training set's falls as the LoRA weight goes 0 → 0.25 → 0.5 and as training goes on (epoch 1 → 3).
+Assertions use margins, not absolute values.
 
-Why a cosine schedule over 3 epochs and a fixed thread count: on this tiny model DAdapt's step
-settles at d·lr ≈ 1-2e-2, and at a constant rate the LoRA wanders after epoch 3. That wandering is
-chaotic: the same run on AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``) or with one thread instead of
-two ended epoch 6 at 0.63 or 0.38 where AVX-512 gave 0.23 (base 0.41), which is how the test failed on
-an AMX Xeon. With the rate decaying to zero, seeds 0 and 1 give the same distances on AVX2 and
-AVX-512 (epoch 1 → 3 at weight 1: 0.38 → 0.29 / 0.26), far inside the margins below.
+What it does not assert, and why: that weight 1.0 beats 0.5. On this tiny model DAdapt's step
+peaks at d·lr ≈ 1e-2 early in epoch 2 and the full-weight LoRA overcooks: seeds 0/1/2 end epoch 3
+at 0.36 / 0.29 / 0.34 at weight 1.0 (base 0.36) while weight 0.5 gives 0.31 / 0.32 / 0.31 on all of
+them, every time closer than epoch 1. That is the guide's reason for the epoch × weight grid.
+
+Why a cosine schedule over 3 epochs and a fixed thread count: at a constant rate the run is
+chaotic (the same run on AVX2 kernels, or with one thread instead of two, ended far apart); with
+the rate decaying to zero the AVX2 and AVX-512 runs end at the same distances (second test).
 """
 
 import json
@@ -38,6 +41,7 @@ from style_lora_trainer.style_lora_engine.trainer import train_lora
 
 PROMPTS = ["painting of a large star beside a small circle", "painting of a square above a triangle"]
 ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def measure_style(model, work: Path) -> dict[tuple[int, float], float]:
@@ -54,7 +58,7 @@ def measure_style(model, work: Path) -> dict[tuple[int, float], float]:
     try:
         run = train_lora(DiffusersBackend(model), dataset, config, runs_root=work / "runs", output_name="style")
         cells = render_grid_cells(
-            model, [(1, run.epoch_files[1]), (3, run.epoch_files[3])], [0.0, 0.5, 1.0], PROMPTS,
+            model, [(1, run.epoch_files[1]), (3, run.epoch_files[3])], list(WEIGHTS), PROMPTS,
             seed=0, images_per_prompt=4, steps=20, cfg=1.0, width=IMAGE_SIZE, height=IMAGE_SIZE)
     finally:
         torch.set_num_threads(before)
@@ -64,10 +68,11 @@ def measure_style(model, work: Path) -> dict[tuple[int, float], float]:
 def assert_style_grows(d: dict[tuple[int, float], float]) -> None:
     base = d[(3, 0.0)]
     assert d[(1, 0.0)] == pytest.approx(base)  # weight 0 is the base model whatever the epoch
-    assert d[(3, 1.0)] < 0.9 * base  # the trained style is clearly closer at full weight
-    assert d[(3, 0.5)] < base  # and already closer at half weight
-    assert d[(3, 1.0)] < d[(3, 0.5)] * 1.02  # more weight, more style (small tolerance)
-    assert d[(3, 1.0)] < d[(1, 1.0)] * 1.02  # more epochs, more style
+    assert d[(3, 0.25)] < base  # a quarter of the LoRA already pulls toward the style
+    assert d[(3, 0.5)] < d[(3, 0.25)]  # more weight, more style
+    assert d[(3, 0.5)] < 0.9 * base  # clearly closer at half weight
+    assert d[(3, 0.5)] < d[(1, 0.5)] - 0.01  # more epochs, more style
+    assert d[(1, 0.5)] < base and d[(1, 1.0)] < d[(1, 0.5)]  # after one epoch full weight is not overcooked yet
 
 
 @pytest.mark.slow
