@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 SCRIPT = Path(__file__).resolve().parent / "inprocess_checks.py"
-DATA = Path(__file__).resolve().parents[2] / "data" / "comfyui_unet_module_names.json"
+DATA = Path(__file__).resolve().parents[1] / "data" / "comfyui_unet_module_names.json"
 
 
 def _run(comfy_env, case: str, work: Path, *extra: str, timeout: float = 3600) -> dict:
