@@ -46,7 +46,7 @@ HIGH_NOISE_WEIGHT_CAP = 5.0  # see _train_unet
 OFFSET_NOISE = 0.3  # see _offset_noise
 # The pretrained model, shipped (load_shipped_model); rebuilt only by tools/pretrain_tiny_model.py.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "assets" / "tiny-sd15-v1.safetensors"
-SHIPPED_SHA256 = "09a8b23e90fa1f7cead104237eb85d699d3a7bb72ed4edf362ff3f3d5751ee8c"
+SHIPPED_SHA256 = "d8e9b8e2ce0bc340e1282b084d3f849cc93bd1d206056d8fb195437267d31e58"
 _SHIPPED_PARTS = ("unet", "vae", "text_encoder")
 
 
@@ -507,7 +507,10 @@ def save_shipped_model(model: DiffusersSD, path: Path = SHIPPED_MODEL) -> str:
 
     tensors = {f"{part}.{k}": v.detach().to(torch.float16).contiguous()
                for part in _SHIPPED_PARTS for k, v in getattr(model, part).state_dict().items()}
-    meta = {"recipe": _recipe(1.0), "scaling_factor": repr(float(model.vae.config.scaling_factor))}
+    # One metadata key: safetensors writes several in a random order, and the same weights must give
+    # the same file (and hash).
+    meta = {"tiny_model": json.dumps({"recipe": _recipe(1.0),
+                                      "scaling_factor": float(model.vae.config.scaling_factor)}, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -530,7 +533,7 @@ def load_shipped_model(tokenizer: Any, path: Path = SHIPPED_MODEL) -> DiffusersS
                           "it from git, or after rebuilding it on purpose put the new hash in SHIPPED_SHA256.")
     model = build_tiny_sd15(tokenizer, seed=0)
     with safe_open(str(path), framework="pt") as fh:
-        scale = float(fh.metadata()["scaling_factor"])
+        scale = float(json.loads(fh.metadata()["tiny_model"])["scaling_factor"])
         for part in _SHIPPED_PARTS:
             module = getattr(model, part)
             state = {k[len(part) + 1:]: fh.get_tensor(k).to(torch.float32)

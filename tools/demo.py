@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--lr-scheduler", default="constant", help="the guide's constant or cosine")
     p.add_argument("--grid-steps", type=int, default=20)
     p.add_argument("--weights", default="0, 0.6, 0.8, 1.0", help="grid columns (0 = base model)")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo output first (no resume)")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = NODES["StyleLoRATrain"]().train(
         model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
         output_name="demo_style", rank=args.rank, alpha=args.alpha, optimizer="DAdaptAdamW", learning_rate=1.0,
-        lr_scheduler="constant", lr_warmup_steps=0, epochs=args.epochs, batch_size=args.batch_size, seed=0,
+        lr_scheduler=args.lr_scheduler, lr_warmup_steps=0, epochs=args.epochs, batch_size=args.batch_size, seed=0,
         mixed_precision="auto", gradient_checkpointing=False, cache_latents=True,
         training_comment="Style LoRA Trainer demo on the embedded tiny model")
     run, loss_plot, summary = trained["result"]
