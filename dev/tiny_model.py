@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..style_lora_engine.atomic import atomic_path
 from ..style_lora_engine.errors import ConfigError
 from .model_bundle import DiffusersSD
 from .synthetic_data import make_base_corpus
@@ -512,7 +513,8 @@ def save_shipped_model(model: DiffusersSD, path: Path = SHIPPED_MODEL) -> str:
     meta = {"tiny_model": json.dumps({"recipe": _recipe(1.0),
                                       "scaling_factor": float(model.vae.config.scaling_factor)}, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_path(path) as tmp:  # a kill mid-write leaves the old file, never half a model
+        save_file(tensors, str(tmp), metadata=meta)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
