@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-v1
 
-.PHONY: demo test lint e2e bench clean
+.PHONY: demo test lint e2e bench bench-comfy clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ e2e: $(STAMP) $(E2E_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train_step.py
+
+# The product path in a real ComfyUI, side by side with kohya when KOHYA_DIR/KOHYA_PYTHON are set.
+bench-comfy:
+	@test -n "$(COMFYUI_DIR)" -a -n "$(COMFYUI_PYTHON)" || (echo "set COMFYUI_DIR and COMFYUI_PYTHON"; exit 2)
+	$(COMFYUI_PYTHON) bench/bench_comfy_train.py --comfyui-dir $(COMFYUI_DIR) --out docs/benchmarks.md
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -9,10 +9,11 @@ Implements the engine's ``TrainingBackend`` protocol (``style_lora_engine/backen
   LoRA already applied upstream is part of the model being trained) and put back with
   ``unpatch_model``; the peft layers are removed by the engine before that.
 * Latents: ``vae.encode`` (BHWC pixels in [0, 1]) then the model's ``latent_format.process_in``.
-* Text: ``clip.tokenize`` + ``clip.encode_from_tokens(..., return_pooled=True)`` per caption, so
-  long captions are split into 77-token windows exactly as ComfyUI does when sampling; captions of
-  different lengths are padded by repetition like ComfyUI's ``CONDCrossAttn.concat`` (exact for
-  attention). Prompt-weight syntax is disabled: a caption's "(...)" is text, as in kohya.
+* Text: ``clip.tokenize`` + ``clip.encode_from_tokens``, so long captions are split into 77-token
+  windows exactly as ComfyUI does when sampling; the captions of a step go in one call (SDXL: one per
+  caption, for each caption's pooled output); captions of different lengths are padded by repetition
+  like ComfyUI's ``CONDCrossAttn.concat`` (exact for attention). Prompt-weight syntax is disabled: a
+  caption's "(...)" is text, as in kohya.
 * Noise, timesteps and target follow the model's own ``model_sampling``: uniform discrete
   timesteps t in [0, 1000) as kohya samples them, ``sigma = model_sampling.sigma(t)``,
   ``x = noise_scaling(sigma, noise, latent)`` and ``calculate_input`` give exactly DDPM's
@@ -38,7 +39,8 @@ import torch.nn.functional as F
 
 from ..style_lora_engine.backend import SampleGeometry
 from ..style_lora_engine.errors import ConfigError, StyleLoRAError
-from . import comfy_modules
+from ..style_lora_engine.frozen_weights import HalfPrecisionWeights
+from . import comfy_modules, paths
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -130,6 +132,14 @@ def pad_to_common_length(conds: list[torch.Tensor]) -> torch.Tensor:
     for c in conds:
         length = math.lcm(length, c.shape[1])
     return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in conds])
+
+
+def _window_count(tokens: Any) -> int | None:
+    """Windows of one tokenized caption (the same for every text encoder of the CLIP), else None."""
+    if not isinstance(tokens, dict) or not tokens or not all(isinstance(w, list) for w in tokens.values()):
+        return None
+    counts = {len(windows) for windows in tokens.values()}
+    return counts.pop() if len(counts) == 1 and 0 not in counts else None
 
 
 def checkpoint_name(model: Any) -> str | None:
@@ -240,6 +250,21 @@ def make_autograd_usable(module: torch.nn.Module) -> int:
     return count
 
 
+def training_transformer_options() -> dict:
+    """Transformer options for training steps: PyTorch's scaled-dot-product attention through ComfyUI's
+    attention override, whatever ComfyUI picked for sampling (on CPU it picks sub-quadratic attention,
+    ~6 % slower per step here). Sampling keeps the user's choice: only training passes these options."""
+    attention = comfy_modules.comfy_module("comfy.ldm.modules.attention")
+    sdpa = getattr(attention, "attention_pytorch", None)
+    if sdpa is None:
+        return {}
+
+    def optimized_attention_override(_default, *args, **kwargs):
+        return sdpa(*args, **kwargs)
+
+    return {"optimized_attention_override": optimized_attention_override}
+
+
 def _checkpointed_forward(module: torch.nn.Module):
     forward = type(module).forward
 
@@ -275,6 +300,8 @@ class ComfyBackend:
         self.device = torch.device(model.load_device)
         self._mp: Any = None
         self._saved: dict | None = None
+        self._half: HalfPrecisionWeights | None = None
+        self._transformer_options: dict = {}
 
     # -- the model being trained -------------------------------------------------------------
 
@@ -339,6 +366,16 @@ class ComfyBackend:
                             self._saved["wrapped"].append(module)
                 self._dtype = dtype
                 self._input_dtype = mp.model.get_dtype_inference()
+                if dtype != torch.float32:
+                    # The frozen U-Net runs from one copy in the compute dtype (kohya's recipe) instead of
+                    # autocasting fp32 weights layer by layer each step; the user's weights are set aside
+                    # untouched (on the CPU the spill goes to disk, so RAM holds only the copy).
+                    self._half = HalfPrecisionWeights(
+                        unet, dtype, spill_dir=paths.runs_dir() if self.device.type == "cpu" else None)
+                    moved = self._half.apply()
+                    self._input_dtype = dtype
+                    log.debug("style_lora: U-Net weights in %s for training (%d MiB set aside)", dtype, moved >> 20)
+                self._transformer_options = training_transformer_options()
                 self._sampling = mp.get_model_object("model_sampling")
                 self._num_timesteps = int(len(self._sampling.sigmas))
             except BaseException:
@@ -354,6 +391,9 @@ class ComfyBackend:
         self._saved = None
         mm = comfy_modules.comfy_module("comfy.model_management")
         try:
+            if self._half is not None:
+                self._half.restore()  # before unpatch_model, which copies backups into these parameters
+                self._half = None
             unet = mp.model.diffusion_model
             for module in saved["wrapped"]:
                 module.__dict__.pop("forward", None)
@@ -383,10 +423,23 @@ class ComfyBackend:
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tokens = [self.clip.tokenize(caption, disable_weights=True) for caption in captions]
+        windows = [_window_count(t) for t in tokens]
+        if self.arch == "sdxl" or None in windows or len({tuple(sorted(t)) for t in tokens}) != 1:
+            # SDXL needs each caption's pooled CLIP-G output, and ComfyUI returns one per call.
+            return self._encode_each(tokens)
+        # One call for the whole batch: ComfyUI encodes all 77-token windows of a call as one batch
+        # and joins them along the sequence, so the captions are cut apart again by window count.
+        merged = {key: [w for t in tokens for w in t[key]] for key in tokens[0]}
+        cond = self.clip.encode_from_tokens(merged).float()
+        length = cond.shape[1] // sum(windows)
+        conds = list(torch.split(cond, [n * length for n in windows], dim=1))
+        return pad_to_common_length(conds), None
+
+    def _encode_each(self, tokens: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
         conds, pooled = [], []
-        for caption in captions:
-            tokens = self.clip.tokenize(caption, disable_weights=True)
-            cond, pool = self.clip.encode_from_tokens(tokens, return_pooled=True)
+        for caption_tokens in tokens:
+            cond, pool = self.clip.encode_from_tokens(caption_tokens, return_pooled=True)
             conds.append(cond.float())
             pooled.append(pool)
         context = pad_to_common_length(conds)
@@ -426,5 +479,5 @@ class ComfyBackend:
         unet = self._mp.model.diffusion_model
         with torch.autocast(device.type, dtype=self._dtype, enabled=self._dtype != torch.float32):
             pred = unet(x_in.to(dtype), t_in.to(device), context=context.to(device, dtype),
-                        transformer_options={}, **extra)
+                        transformer_options=dict(self._transformer_options), **extra)
         return F.mse_loss(pred.float(), target.float())

@@ -3,19 +3,24 @@
 Two files per run folder, written atomically in this order: ``resume.safetensors`` then
 ``resume.json``. The JSON names the epoch it belongs to and so does the safetensors header, so a
 crash between the two writes is detected (the pair disagrees) and the older pair is not mixed up.
+
+:class:`ResumeWriter` takes a snapshot (copies of the tensors, the JSON text) on the training thread
+and writes it on a background thread, so the next epoch starts at once instead of waiting for
+hundreds of MB of optimizer state to reach the disk; one write at a time, in epoch order.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 
 TENSORS_FILE = "resume.safetensors"
 STATE_FILE = "resume.json"
@@ -38,7 +43,8 @@ def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
     """Replace tensors in a nested structure by {"__tensor__": key}, collecting them."""
     if isinstance(obj, torch.Tensor):
         key = prefix
-        tensors[key] = obj.detach().cpu().contiguous()
+        # A copy: the optimizer goes on updating its state in place while the snapshot is written.
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
         return {"__tensor__": key}
     if isinstance(obj, dict):
         return {"__dict__": [[_split_tensors(k, f"{prefix}.k{i}", tensors),
@@ -71,14 +77,21 @@ def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_resume_state(folder: Path, state: ResumeState) -> None:
-    tensors: dict[str, torch.Tensor] = {f"lora.{k}": v.detach().float().cpu().contiguous()
+@dataclass(frozen=True)
+class ResumeSnapshot:
+    """Everything one resume state write needs, detached from the live training objects."""
+
+    tensors: dict[str, torch.Tensor]
+    header: dict[str, str]
+    json_text: str
+
+
+def snapshot_resume_state(state: ResumeState) -> ResumeSnapshot:
+    tensors: dict[str, torch.Tensor] = {f"lora.{k}": v.detach().to("cpu", torch.float32, copy=True).contiguous()
                                         for k, v in state.lora.items()}
     tensors["rng.noise"] = state.noise_rng.clone()
     optimizer = _split_tensors(state.optimizer, "opt", tensors)
     scheduler = _split_tensors(state.scheduler, "sched", tensors)
-    header = {"epoch": str(state.epoch), "fingerprint": state.fingerprint}
-    atomic_write_bytes(folder / TENSORS_FILE, save(tensors, metadata=header))
     doc = {
         "format": FORMAT_VERSION,
         "fingerprint": state.fingerprint,
@@ -89,7 +102,52 @@ def save_resume_state(folder: Path, state: ResumeState) -> None:
         "scheduler": scheduler,
         "history": state.history,
     }
-    atomic_write_text(folder / STATE_FILE, json.dumps(doc))
+    return ResumeSnapshot(tensors, {"epoch": str(state.epoch), "fingerprint": state.fingerprint}, json.dumps(doc))
+
+
+def write_resume_snapshot(folder: Path, snapshot: ResumeSnapshot) -> None:
+    with atomic_path(Path(folder) / TENSORS_FILE) as tmp:
+        save_file(snapshot.tensors, str(tmp), metadata=snapshot.header)  # straight to the file: no bytes copy
+    atomic_write_text(Path(folder) / STATE_FILE, snapshot.json_text)
+
+
+def save_resume_state(folder: Path, state: ResumeState) -> None:
+    write_resume_snapshot(folder, snapshot_resume_state(state))
+
+
+class ResumeWriter:
+    """Writes resume states on a background thread, one at a time and in order.
+
+    ``submit`` snapshots on the caller's thread (so training may go on changing its tensors), waits
+    for the previous write, then starts this one. ``wait`` blocks until the last write is on disk and
+    raises its error, if any; the trainer calls it before it returns or re-raises, so a finished
+    run, a Stop or a crash still leaves the newest complete pair behind.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, folder: Path, state: ResumeState) -> None:
+        snapshot = snapshot_resume_state(state)
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(folder, snapshot), daemon=True,
+                                        name="style-lora-resume-writer")
+        self._thread.start()
+
+    def _write(self, folder: Path, snapshot: ResumeSnapshot) -> None:
+        try:
+            write_resume_snapshot(folder, snapshot)
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def load_resume_state(folder: Path, fingerprint: str) -> ResumeState | None:

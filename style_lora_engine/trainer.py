@@ -31,8 +31,9 @@ from .errors import StyleLoRAError, TrainingStopped
 from .images import open_image_rgb, prepare_image
 from .lora_file import build_metadata, epoch_file_name, list_epoch_files, save_lora_file
 from .lora_keys import find_lora_targets, peft_to_kohya
+from .memory_advice import out_of_memory_advice
 from .optimizers import build_optimizer, describe_optimizer, effective_lr
-from .resume_state import ResumeState, load_resume_state, save_resume_state
+from .resume_state import ResumeState, ResumeWriter, load_resume_state
 from .schedules import build_lr_scheduler
 from .shuffle import ShuffleSettings, shuffle_caption
 
@@ -222,7 +223,8 @@ def _train_lora(
         raise StyleLoRAError("No attention/projection layers found in the U-Net to attach LoRA to.")
 
     backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
-    lora_model = None
+    lora_model, lora_params, optimizer = None, [], None
+    resume_writer = ResumeWriter()
     try:
         latents = _LatentSource(backend, dataset, config.cache_latents, say)
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
@@ -302,7 +304,9 @@ def _train_lora(
             save_lora_file(path, _kohya_tensors(peft_state, backend, config),
                            _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
                                      training_comment, session_id, started_at))
-            save_resume_state(run_dir, ResumeState(
+            # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
+            # of optimizer state, is snapshotted here and written while the next epoch trains.
+            resume_writer.submit(run_dir, ResumeState(
                 fingerprint=run_id, epoch=epoch, global_step=global_step, lora=peft_state,
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 noise_rng=noise_rng.get_state(),
@@ -314,16 +318,25 @@ def _train_lora(
             say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f})")
             if callbacks.on_epoch:
                 callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss))
+        resume_writer.wait()
     except torch.OutOfMemoryError as exc:
+        advice = out_of_memory_advice(
+            config, arch=backend.arch, resolution=dataset.resolution, dtype=dtype,
+            frozen=[p for p in unet.parameters() if not p.requires_grad], lora_params=lora_params,
+            optimizer=optimizer)
+        steps = "; ".join(f"{i}. {line}" for i, line in enumerate(advice, 1))
         raise StyleLoRAError(
-            f"Out of memory while training ({exc}). Finished epochs are kept in {run_dir}. Try, in "
-            "order: enable gradient checkpointing, keep latent caching on, lower the resolution, lower "
-            "the rank (the guide: SD1.5 32/16, SDXL 64/32 or less), use AdamW8bit, or batch size 1."
-        ) from exc
+            f"Out of memory while training ({exc}). Finished epochs are kept in {run_dir}. To fit, change in "
+            f"this order: {steps}.") from exc
     finally:
-        if lora_model is not None:
-            lora_model.unload()  # put the original layers back: the user's model is unchanged
-        backend.end_training()
+        try:
+            resume_writer.wait()  # a Stop or crash still leaves the last finished epoch's state complete
+        except Exception as exc:  # noqa: BLE001  (the error that stopped training is the one to report)
+            say(f"Could not write the resume state in {run_dir}: {exc}")
+        finally:
+            if lora_model is not None:
+                lora_model.unload()  # put the original layers back: the user's model is unchanged
+            backend.end_training()
     return result
 
 

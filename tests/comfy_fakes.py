@@ -94,10 +94,33 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
 
-    def forward(self, x, context):
+    def forward(self, x, context, transformer_options=None):
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        # ComfyUI's wrap_attn: an "optimized_attention_override" in the transformer options replaces the
+        # attention function picked at start-up (called with that function as its first argument).
+        override = (transformer_options or {}).get("optimized_attention_override")
+        if override is not None:
+            out = override(default_attention, q, k, v, 1, transformer_options=transformer_options,
+                           _inside_attn_wrapper=True)
+        else:
+            out = default_attention(q, k, v, 1)
         return self.to_out[1](self.to_out[0](out))
+
+
+def default_attention(q, k, v, heads, **kwargs):
+    """Stands in for the attention ComfyUI picked at start-up (sub-quadratic on CPU)."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def fake_attention_module():
+    """``comfy.ldm.modules.attention`` with an ``attention_pytorch`` that counts its calls."""
+    calls = []
+
+    def attention_pytorch(q, k, v, heads, **kwargs):
+        calls.append({"heads": heads, "dtype": q.dtype, "inside_wrapper": kwargs.get("_inside_attn_wrapper")})
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return SimpleNamespace(attention_pytorch=attention_pytorch, calls=calls)
 
 
 class GEGLU(nn.Module):
@@ -127,10 +150,10 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x, context):
+    def forward(self, x, context, transformer_options=None):
         n = self.norm1(x)
-        x = x + self.attn1(n, n)
-        x = x + self.attn2(self.norm2(x), context)
+        x = x + self.attn1(n, n, transformer_options)
+        x = x + self.attn2(self.norm2(x), context, transformer_options)
         return x + self.ff(self.norm3(x))
 
 
@@ -153,7 +176,7 @@ class SpatialTransformer(nn.Module):
         if self.linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, transformer_options)
         if self.linear:
             x = self.proj_out(x)
         x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
@@ -198,12 +221,12 @@ class TinyUNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(4, dim), nn.SiLU(), nn.Conv2d(dim, 4, 3, padding=1))
         self.calls: list[dict] = []
 
-    def _run(self, seq, h, emb, context):
+    def _run(self, seq, h, emb, context, transformer_options):
         for layer in seq:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, SpatialTransformer):
-                h = layer(h, context, {})
+                h = layer(h, context, transformer_options)
             else:
                 h = layer(h)
         return h
@@ -212,17 +235,19 @@ class TinyUNet(nn.Module):
         assert (y is not None) == (self.label_emb is not None)
         self.calls.append({"x": x.detach().clone(), "t": timesteps.detach().clone(),
                            "context": context.detach().clone(), "y": None if y is None else y.detach().clone(),
-                           "dtype": x.dtype})
+                           "dtype": x.dtype, "weight_dtype": self.out[2].weight.dtype,
+                           "transformer_options": dict(transformer_options or {})})
         half = self.dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
         args = timesteps[:, None].float() * freqs[None]
         emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(x.dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
-        h = self._run(self.input_blocks[0], x, emb, context)
-        skip = self._run(self.input_blocks[1], h, emb, context)
-        h = self._run(self.middle_block, skip, emb, context)
-        h = self._run(self.output_blocks[0], h + skip, emb, context)
+        opts = transformer_options or {}
+        h = self._run(self.input_blocks[0], x, emb, context, opts)
+        skip = self._run(self.input_blocks[1], h, emb, context, opts)
+        h = self._run(self.middle_block, skip, emb, context, opts)
+        h = self._run(self.output_blocks[0], h + skip, emb, context, opts)
         return self.out(h)
 
 

@@ -11,8 +11,8 @@ Cases (each prints one JSON line, "RESULT {...}", for the test to check):
   file through ``comfy.sd.load_lora_for_models`` (LoraLoader's call): every tensor must load (no
   "lora key not loaded"), 722 U-Net weights patched; the MODEL's digest is unchanged.
 * ``sd15_fp16`` — the e2e SD1.5 checkpoint loaded with fp16 weights and trained in fp32 (ComfyUI's
-  manual-cast path); afterwards the MODEL's digest, its layers' cast flags and a sampled image are
-  unchanged.
+  manual-cast path), then in bf16 (from a bf16 copy of the weights, attention through PyTorch SDPA);
+  after each the MODEL's digest, its layers' cast flags and a sampled image are unchanged.
 """
 
 from __future__ import annotations
@@ -186,6 +186,33 @@ def case_sd15_fp16(args) -> dict:
             "losses": result.losses, "train_s": round(train_s, 1),
             "digest_unchanged": model_digest(model) == digest_before, "cast_flags_unchanged": cast_flags() == flags_before}
     info["image_unchanged"] = bool(np.array_equal(sample_image(), image_before))
+
+    # bf16 on the same fp16 weights: training runs from a bf16 copy through PyTorch SDPA (ComfyUI picked
+    # another attention for sampling on this CPU), and the fp16 weights come back bit for bit.
+    import comfy.ldm.modules.attention as attention
+
+    real_sdpa, sdpa_calls, weight_dtypes = attention.attention_pytorch, [], set()
+
+    def counting_sdpa(*a, **k):
+        sdpa_calls.append(1)
+        return real_sdpa(*a, **k)
+
+    unet = model.model.diffusion_model
+    attention.attention_pytorch = counting_sdpa
+    hook = unet.register_forward_pre_hook(lambda m, a: weight_dtypes.add(str(m.out[2].weight.dtype)))
+    try:
+        result, _ = _train(host.training_backend(model, clip, vae), _dataset(work / "bf16", 64, 1), work / "bf16",
+                           mixed_precision="bf16")
+    finally:
+        hook.remove()
+        attention.attention_pytorch = real_sdpa
+    mm.unload_all_models()
+    info["bf16"] = {"losses": result.losses, "weight_dtypes": sorted(weight_dtypes), "sdpa_calls": len(sdpa_calls),
+                    "sampling_attention": attention.optimized_attention.__name__,
+                    "weight_dtype_after": str(model.model_dtype()),
+                    "digest_unchanged": model_digest(model) == digest_before,
+                    "cast_flags_unchanged": cast_flags() == flags_before,
+                    "image_unchanged": bool(np.array_equal(sample_image(), image_before))}
     return info
 
 

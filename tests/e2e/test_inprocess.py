@@ -55,8 +55,14 @@ def test_sdxl_one_step_and_loraloader_keys(comfy_env, tmp_path):
     assert result["digest_unchanged"]
 
 
-def test_fp32_training_on_fp16_weights_leaves_model_unchanged(comfy_env, sd15_checkpoint, tmp_path):
+def test_fp32_and_bf16_training_on_fp16_weights_leave_the_model_unchanged(comfy_env, sd15_checkpoint, tmp_path):
     result = _run(comfy_env, "sd15_fp16", tmp_path, "--checkpoint", str(sd15_checkpoint))
     assert result["weight_dtype"] == "torch.float16"
     assert result["losses"] and all(abs(x) < 1e6 for x in result["losses"])
     assert result["digest_unchanged"] and result["cast_flags_unchanged"] and result["image_unchanged"]
+    bf16 = result["bf16"]
+    assert bf16["losses"] and all(abs(x) < 1e6 for x in bf16["losses"])
+    assert bf16["weight_dtypes"] == ["torch.bfloat16"]  # trained from the bf16 copy
+    assert bf16["sdpa_calls"] > 0 and bf16["sampling_attention"] != "attention_pytorch"
+    assert bf16["weight_dtype_after"] == "torch.float16"
+    assert bf16["digest_unchanged"] and bf16["cast_flags_unchanged"] and bf16["image_unchanged"]

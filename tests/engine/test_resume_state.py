@@ -1,5 +1,7 @@
 import json
+import threading
 
+import pytest
 import torch
 
 from style_lora_trainer.style_lora_engine.config import TrainConfig
@@ -8,6 +10,7 @@ from style_lora_trainer.style_lora_engine.resume_state import (
     STATE_FILE,
     TENSORS_FILE,
     ResumeState,
+    ResumeWriter,
     load_resume_state,
     save_resume_state,
 )
@@ -80,3 +83,50 @@ def test_other_fingerprint_or_torn_pair_is_ignored(tmp_path):
     assert load_resume_state(tmp_path, "abc").epoch == 3
     (tmp_path / STATE_FILE).write_text("{not json")
     assert load_resume_state(tmp_path, "abc") is None
+
+
+def test_background_writer_writes_the_snapshot_taken_at_submit(tmp_path, monkeypatch):
+    """Training goes on changing LoRA and optimizer tensors in place while the state is written:
+    what lands on disk is the epoch's state, and wait() returns only once both files are there."""
+    params, opt, sched = _trained_optimizer()
+    state = _state(opt, sched)
+    expected_exp_avg = opt.state_dict()["state"][0]["exp_avg"].clone()
+    from style_lora_trainer.style_lora_engine import resume_state
+
+    release = threading.Event()
+    real = resume_state.write_resume_snapshot
+
+    def slow_write(folder, snapshot):
+        release.wait(10)
+        real(folder, snapshot)
+
+    monkeypatch.setattr(resume_state, "write_resume_snapshot", slow_write)
+    writer = ResumeWriter()
+    writer.submit(tmp_path, state)
+    state.lora["a.lora_A.weight"].mul_(0)  # the next epoch's steps
+    opt.state[params[0]]["exp_avg"].add_(100.0)
+    state.history["losses"].append(1.0)
+    assert not (tmp_path / STATE_FILE).exists()  # still writing: training was not held up
+    release.set()
+    writer.wait()
+    loaded = load_resume_state(tmp_path, "abc")
+    assert loaded is not None and loaded.epoch == 3
+    assert torch.equal(loaded.lora["a.lora_A.weight"], torch.ones(2, 3))
+    assert torch.equal(loaded.optimizer["state"][0]["exp_avg"], expected_exp_avg)
+    assert len(loaded.history["losses"]) == 2
+
+
+def test_background_writer_hands_its_error_to_the_training_thread(tmp_path, monkeypatch):
+    _params, opt, sched = _trained_optimizer()
+    from style_lora_trainer.style_lora_engine import resume_state
+
+    def failing(folder, snapshot):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(resume_state, "write_resume_snapshot", failing)
+    writer = ResumeWriter()
+    writer.submit(tmp_path, _state(opt, sched))
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    writer.wait()  # reported once
+    assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / TENSORS_FILE).exists()

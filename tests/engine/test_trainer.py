@@ -13,7 +13,7 @@ from style_lora_trainer.dev.tiny_model import build_tiny_sd15, build_tiny_sdxl
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset
-from style_lora_trainer.style_lora_engine.errors import TrainingStopped
+from style_lora_trainer.style_lora_engine.errors import StyleLoRAError, TrainingStopped
 from style_lora_trainer.style_lora_engine.shuffle import ShuffleSettings
 from style_lora_trainer.style_lora_engine.trainer import (
     TrainCallbacks,
@@ -218,3 +218,33 @@ def test_long_captions_are_encoded_in_chunks_not_cut(model):
     assert long.shape[1] in (154, 231)
     # The short caption in a batch with a long one keeps its own first window.
     assert torch.allclose(long[1, :77], short[0], atol=1e-5)
+
+
+def test_out_of_memory_names_the_settings_to_change_in_order_with_what_each_saves(tmp_path, dataset, model):
+    backend = DiffusersBackend(model)
+    original = backend.loss
+    calls = []
+
+    def out_of_memory_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args)
+
+    backend.loss = out_of_memory_in_epoch_two
+    before = _unet_output(model.unet)
+    with pytest.raises(StyleLoRAError, match="Out of memory") as err:
+        train_lora(backend, dataset, CONFIG, runs_root=tmp_path, output_name="r")
+    text = str(err.value)
+    order = ["gradient checkpointing", "mixed precision bf16", "batch size 1", "a lower resolution", "a lower rank"]
+    positions = [text.index(item) for item in order]
+    assert positions == sorted(positions), text
+    # exact figures for this model: the frozen fp32 U-Net in bf16 saves half its bytes; halving the rank
+    # saves half of LoRA weights + gradients + AdamW-style optimizer state
+    frozen = sum(p.numel() * 2 for p in model.unet.parameters())
+    assert frozen > 2**20  # a figure in MiB that means something
+    assert f"saves {frozen / 2**20:.0f} MiB on this model" in text
+    assert "rank 4 → 2 saves" in text
+    files = sorted(p.name for p in next(tmp_path.iterdir()).glob("r-*.safetensors"))
+    assert files == ["r-000001.safetensors"]  # the finished epoch is kept
+    assert torch.equal(_unet_output(model.unet), before)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from comfy_fakes import comfy_objects, fake_model_management, model_sampling
+from comfy_fakes import comfy_objects, fake_attention_module, fake_model_management, model_sampling
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -257,3 +257,81 @@ def inspect_source(module):
     import inspect
 
     return inspect.getsource(module)
+
+
+@pytest.fixture
+def attention(monkeypatch, mm):
+    fake = fake_attention_module()
+    real = comfy_modules.comfy_module
+    monkeypatch.setattr(comfy_modules, "comfy_module",
+                        lambda name: fake if name == "comfy.ldm.modules.attention" else real(name))
+    return fake
+
+
+def test_training_steps_use_pytorch_sdpa_through_the_attention_override(attention):
+    model, clip, vae = comfy_objects()
+    backend = ComfyBackend(model, clip, vae)
+    unet = backend.lora_module()
+    backend.begin_training(dtype=torch.float32, gradient_checkpointing=False)
+    try:
+        loss = backend.loss(torch.randn(1, 4, 4, 4), ["a caption"], [SampleGeometry((32, 32), (0, 0), (32, 32))],
+                            torch.Generator().manual_seed(0))
+    finally:
+        backend.end_training()
+    assert torch.isfinite(loss) and "optimized_attention_override" in unet.calls[-1]["transformer_options"]
+    # 3 transformer blocks × (self + cross attention), each through attention_pytorch, outside the wrapper
+    assert len(attention.calls) == 6 and all(c["inside_wrapper"] for c in attention.calls)
+    # the override lives in the options of training steps only: the MODEL's own options are untouched
+    assert "transformer_options" not in getattr(model, "model_options", {})
+    attention.calls.clear()
+    unet(torch.randn(1, 4, 4, 4), torch.tensor([10]), context=torch.randn(1, 77, 16))
+    assert attention.calls == []
+
+
+@pytest.mark.parametrize("weights", [torch.float32, torch.float16])
+def test_bf16_training_runs_on_a_copy_and_leaves_the_model_bit_for_bit(tmp_path, mm, monkeypatch, weights):
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "out"))
+    model, clip, vae = comfy_objects()
+    unet = model.model.diffusion_model.to(weights)
+    params = dict(unet.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    backend = ComfyBackend(model, clip, vae)
+    config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision="bf16")
+    result = train_lora(backend, _dataset(tmp_path), config, runs_root=tmp_path / "runs", output_name="bf")
+    assert all(np.isfinite(result.losses))
+    # training ran from bf16 weights (not fp32/fp16 weights under autocast), inputs in bf16 too
+    assert {c["weight_dtype"] for c in unet.calls} == {torch.bfloat16}
+    assert {c["dtype"] for c in unet.calls} == {torch.bfloat16}
+    # the same Parameter objects hold the very same values and dtype again (fp16 → bf16 → fp16 would not)
+    assert all(p is params[n] for n, p in unet.named_parameters())
+    for name, value in before.items():
+        assert params[name].dtype == weights and torch.equal(params[name].detach(), value), name
+    # the set-aside originals went to an unlinked temporary file: nothing is left on disk
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*") if "style_lora_weights_" in p.name)
+    assert backend._half is None
+
+
+class _CountingCLIP:
+    def __init__(self, clip):
+        self.clip, self.encode_calls = clip, 0
+
+    def tokenize(self, *args, **kwargs):
+        return self.clip.tokenize(*args, **kwargs)
+
+    def encode_from_tokens(self, *args, **kwargs):
+        self.encode_calls += 1
+        return self.clip.encode_from_tokens(*args, **kwargs)
+
+
+def test_the_captions_of_a_step_are_encoded_in_one_call_equal_to_one_by_one(mm):
+    model, clip, vae = comfy_objects()
+    counting = _CountingCLIP(clip)
+    backend = ComfyBackend(model, counting, vae)
+    captions = ["short", "a caption of three windows " * 5, "two windows here " * 4, "short"]
+    context, pooled = backend.encode_text(captions)
+    assert counting.encode_calls == 1 and pooled is None
+    one_by_one = [clip.encode_from_tokens(clip.tokenize(c, disable_weights=True)) for c in captions]
+    assert [c.shape[1] for c in one_by_one] == [77, 3 * 77, 2 * 77, 77]
+    assert torch.allclose(context, pad_to_common_length(one_by_one), atol=1e-6)
+    assert context.shape == (4, 6 * 77, 16)  # padded by repetition to the LCM of 1, 3 and 2 windows

@@ -1,0 +1,118 @@
+"""Train on a half-precision copy of a frozen module's weights, with the originals set aside losslessly.
+
+kohya casts its own frozen U-Net to bf16/fp16. A ComfyUI MODEL belongs to the user and must come back
+bit for bit, and a round trip such as fp16 → bf16 → fp16 is lossy, so the weights are never cast in
+place. Instead each frozen floating-point parameter gets a copy in the compute dtype for the duration
+of training, and its original tensor is set aside where it costs the training device nothing:
+
+* training on a GPU: the originals move to the CPU, so the GPU holds one half-precision copy;
+* training on the CPU: the originals go to an unlinked temporary file (``spill_dir``), so RAM holds
+  one half-precision copy instead of the fp32 weights plus a copy. The file disappears when closed,
+  also if the process dies.
+
+``restore`` puts the original values, dtype and device back into the same Parameter objects.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+
+@dataclass
+class _SetAside:
+    param: torch.nn.Parameter
+    dtype: torch.dtype
+    shape: torch.Size
+    device: torch.device
+    cpu_copy: torch.Tensor | None = None  # set aside in RAM
+    offset: int = -1  # set aside in the spill file
+    nbytes: int = 0
+
+
+class HalfPrecisionWeights:
+    """``apply()`` swaps in the copies, ``restore()`` puts the originals back (both idempotent)."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, *, spill_dir: str | Path | None = None) -> None:
+        self.module, self.dtype = module, dtype
+        self.spill_dir = None if spill_dir is None else Path(spill_dir)
+        self._entries: list[_SetAside] = []
+        self._file: BinaryIO | None = None
+        self.bytes_set_aside = 0
+
+    def _frozen_params(self) -> list[torch.nn.Parameter]:
+        seen: set[int] = set()
+        params = []
+        for param in self.module.parameters():
+            if id(param) in seen or param.requires_grad or not param.dtype.is_floating_point:
+                continue
+            seen.add(id(param))
+            if param.dtype != self.dtype:
+                params.append(param)
+        return params
+
+    def apply(self) -> int:
+        """Swap every frozen weight for its copy in ``dtype``; returns the number of bytes set aside."""
+        if self._entries:
+            return self.bytes_set_aside
+        try:
+            for param in self._frozen_params():
+                original = param.data
+                entry = _SetAside(param, original.dtype, original.shape, original.device)
+                half = original.to(self.dtype)
+                if original.device.type != "cpu":
+                    entry.cpu_copy = original.to("cpu")
+                elif self.spill_dir is not None:
+                    entry.offset, entry.nbytes = self._spill(original)
+                else:
+                    entry.cpu_copy = original
+                self._entries.append(entry)
+                param.data = half
+                self.bytes_set_aside += original.numel() * original.element_size()
+                del original
+            if self._file is not None:
+                self._file.flush()
+        except BaseException:
+            self.restore()
+            raise
+        return self.bytes_set_aside
+
+    def _spill(self, tensor: torch.Tensor) -> tuple[int, int]:
+        if self._file is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            self._file = tempfile.TemporaryFile(dir=self.spill_dir, prefix="style_lora_weights_")
+        raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        offset = self._file.seek(0, 2)
+        self._file.write(memoryview(raw.numpy()))
+        return offset, raw.numel()
+
+    def _read_back(self, entry: _SetAside) -> torch.Tensor:
+        assert self._file is not None
+        raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+        self._file.seek(entry.offset)
+        view = memoryview(raw.numpy())
+        filled = 0
+        while filled < entry.nbytes:
+            n = self._file.readinto(view[filled:])
+            if not n:
+                raise OSError(f"the temporary copy of the model weights in {self.spill_dir} is truncated")
+            filled += n
+        return raw.view(entry.dtype).reshape(entry.shape)
+
+    def restore(self) -> None:
+        """Put every original tensor back (values, dtype, device) and free the copies."""
+        try:
+            while self._entries:
+                entry = self._entries[-1]
+                original = entry.cpu_copy if entry.cpu_copy is not None else self._read_back(entry)
+                entry.param.data = original.to(entry.device)
+                self._entries.pop()
+        finally:
+            if self._file is not None and not self._entries:
+                self._file.close()
+                self._file = None
+                self.bytes_set_aside = 0
