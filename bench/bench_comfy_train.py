@@ -53,7 +53,8 @@ def _sample():
     while not _stop.wait(0.1):
         _rss.append((time.perf_counter(), _statm()))
 threading.Thread(target=_sample, daemon=True).start()
-torch.optim.optimizer.register_optimizer_step_post_hook(lambda *a, **k: _steps.append(time.perf_counter()))
+from torch.optim.optimizer import register_optimizer_step_post_hook
+register_optimizer_step_post_hook(lambda *a, **k: _steps.append(time.perf_counter()))
 def probe_report(extra=None):
     _stop.set()
     return {"steps": _steps, "rss": _rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -106,6 +107,8 @@ def child_pack(opts) -> dict:
     dataset = dataset.with_shuffle(ShuffleSettings(keep_tokens=1))
     config = TrainConfig(rank=32, alpha=16.0, epochs=1, batch_size=1, seed=0, mixed_precision=precision,
                          gradient_checkpointing=checkpointing, cache_latents=True)
+    if "channels_last" in opts.levers:
+        _channels_last_for_training()
     epoch_end = []
     callbacks = TrainCallbacks(on_epoch=lambda info: epoch_end.append(time.perf_counter()))
     with torch.inference_mode():
@@ -114,6 +117,23 @@ def child_pack(opts) -> dict:
                    callbacks=callbacks)
     stall = epoch_end[0] - _steps[-1] if epoch_end and _steps else None  # noqa: F821
     return probe_report({"epoch_end_stall": stall})  # noqa: F821
+
+
+def _channels_last_for_training() -> None:
+    """Lever under trial (not in the pack): the training copy's conv weights in channels_last."""
+    import torch
+
+    from style_lora_trainer.integration.comfy_backend import ComfyBackend
+
+    begin = ComfyBackend.begin_training
+
+    def begin_training(self, *, dtype, gradient_checkpointing):
+        begin(self, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
+        for param in self._mp.model.diffusion_model.parameters():
+            if param.ndim == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+
+    ComfyBackend.begin_training = begin_training
 
 
 # --- kohya ------------------------------------------------------------------------------------
@@ -159,7 +179,7 @@ def run_kohya(opts, config: str) -> dict:
 def run_pack(opts, config: str) -> dict:
     cmd = [sys.executable, __file__, "--child", config, "--comfyui-dir", str(opts.comfyui_dir), "--work",
            str(opts.work), "--checkpoint", str(opts.checkpoint), "--res", str(opts.res), "--steps", str(opts.steps),
-           "--threads", str(opts.threads)]
+           "--threads", str(opts.threads), "--levers", opts.levers]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return _result(proc, "pack")
 
@@ -237,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating runs per trainer and configuration")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--out", type=Path, help="rewrite the results section of this Markdown file")
+    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last")
     p.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.comfyui_dir is None:

@@ -15,6 +15,9 @@ of training, and its original tensor is set aside where it costs the training de
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,18 @@ class _SetAside:
     cpu_copy: torch.Tensor | None = None  # set aside in RAM
     offset: int = -1  # set aside in the spill file
     nbytes: int = 0
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed blocks below its mmap threshold, up to
+    32 MiB each, so the originals' RAM would otherwise stay counted as used). No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class HalfPrecisionWeights:
@@ -76,6 +91,7 @@ class HalfPrecisionWeights:
                 del original
             if self._file is not None:
                 self._file.flush()
+                release_freed_memory()
         except BaseException:
             self.restore()
             raise

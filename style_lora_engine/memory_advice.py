@@ -16,7 +16,7 @@ from .config import TrainConfig
 
 # Measured with bench/bench_comfy_train.py (SD1.5, 256 px, batch 1, r32/16, DAdaptAdamW, cached latents):
 # RSS while training, fp32 minus fp32 + gradient checkpointing. See docs/benchmarks.md.
-CHECKPOINTING_SAVES_AT_256PX_BATCH1 = {"sd15": 0.56 * 2**30}
+CHECKPOINTING_SAVES_AT_256PX_BATCH1 = {"sd15": 0.46 * 2**30}  # 5.76 → 5.30 GiB, 2026-12-02
 BENCH_PIXELS = 256 * 256
 
 
@@ -57,7 +57,7 @@ def out_of_memory_advice(
         saves = (f"about {_size(measured * scale)} (measured on SD1.5 at 256 px batch 1: "
                  f"{_size(measured)}, scaled to batch {config.batch_size} at {resolution} px)"
                  if measured else "most of the activations")
-        advice.append(f"enable gradient checkpointing: saves {saves}, costs ~35 % more time per step")
+        advice.append(f"enable gradient checkpointing: saves {saves}, costs up to ~35 % more time per step")
     if dtype == torch.float32 and half_saving > 0:
         advice.append(f"mixed precision bf16 (fp16 on GPUs without bf16): the frozen U-Net in half precision "
                       f"saves {_size(half_saving)} on this model, and the activations shrink by about half")

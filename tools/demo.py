@@ -4,6 +4,12 @@ LoadDataset → CaptionEditor → ShuffleCaption → TrainLoRA → SaveEpochs �
 through the very node functions ComfyUI calls, with the guide's settings: 10 repeats, 20 epochs,
 DAdapt-AdamW at lr 1.0, shuffled captions with the first part kept. Writes ``demo_output/``.
 
+Two choices differ from the guide because the model is tiny: rank 8 / alpha 4 (the guide's 32/16 is for
+SD1.5's 860 M parameters) and the guide's cosine schedule rather than constant (at a constant rate this
+model's run is chaotic: another CPU's kernels end elsewhere). Last, the demo measures what the grid
+shows: the distance between each cell's colour/texture statistics and the training set's, per epoch
+and weight, and names the closest cell, the sweet spot.
+
 Run with ``make demo`` (or ``.venv/bin/python tools/demo.py --help``).
 """
 
@@ -37,11 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--lr-scheduler", default="constant", help="the guide's constant or cosine")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=4.0)
+    p.add_argument("--lr-scheduler", default="cosine", help="the guide's constant or cosine")
     p.add_argument("--grid-steps", type=int, default=20)
-    p.add_argument("--weights", default="0, 0.6, 0.8, 1.0", help="grid columns (0 = base model)")
+    p.add_argument("--weights", default="0, 0.5, 0.8, 1.0", help="grid columns (0 = base model)")
+    p.add_argument("--grid-epochs", default="1, 2, 3, 5, 10, 20", help="grid rows ('all' or e.g. '5, 10-20')")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo output first (no resume)")
     return p.parse_args(argv)
 
@@ -108,17 +115,49 @@ def main(argv: list[str] | None = None) -> int:
         run=run, name="demo_style", save="all", n=1, subfolder="", overwrite=True)["result"]
     print(f"saved {len(epochs.files)} files: {epochs.files[0].path.name} ... {epochs.files[-1].path.name}")
 
-    print("[7/7] EpochWeightGrid: epochs × LoRA weights")
+    print("[7/8] EpochWeightGrid: epochs × LoRA weights")
     (grid,) = NODES["StyleLoRAEpochWeightGrid"]().render(
         model=model, clip=model, vae=model, prompts="\n".join(GRID_PROMPTS), negative="", weights=args.weights,
-        epochs_to_show="all", seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=3.0,
+        epochs_to_show=args.grid_epochs, seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=3.0,
         sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)
     image_to_pil(grid)[0].save(out / "grid.png")
 
+    print("[8/8] style distance per epoch × weight (lower = closer to the dataset's style)")
+    table = style_table(model, out, epochs, args)
+    (out / "style_distance.txt").write_text(table + "\n", encoding="utf-8")
+    print(table)
+
     print(f"done in {time.perf_counter() - started:.0f} s → {out}")
-    for name in ("grid.png", "loss.png", "lint_report.txt", "shuffle_preview.txt", "summary.txt", "loras/"):
+    for name in ("grid.png", "style_distance.txt", "loss.png", "lint_report.txt", "shuffle_preview.txt",
+                 "summary.txt", "loras/"):
         print(f"  {out / name}")
     return 0
+
+
+def style_table(model, out: Path, epochs, args: argparse.Namespace) -> str:
+    """Distance of generated images' colour/texture statistics to the training set's, per grid cell:
+    4 images per prompt (more than the grid shows, for a steadier figure), the grid's seed and steps."""
+    from style_lora_trainer.dev.diffusers_preview import render_grid_cells
+    from style_lora_trainer.dev.synthetic_data import style_distance, style_statistics
+    from style_lora_trainer.dev.tiny_model import IMAGE_SIZE
+    from style_lora_trainer.nodes.epoch_weight_grid import parse_epoch_selection, parse_weights
+    from style_lora_trainer.style_lora_engine.images import open_image_rgb
+
+    by_epoch = {f.epoch: f.path for f in epochs.files}
+    chosen = parse_epoch_selection(args.grid_epochs, list(by_epoch))
+    weights = parse_weights(args.weights)
+    reference = style_statistics([open_image_rgb(p) for p in sorted((out / "dataset").glob("*.png"))])
+    cells = render_grid_cells(model, [(e, by_epoch[e]) for e in chosen], weights, GRID_PROMPTS, seed=0,
+                              images_per_prompt=4, steps=args.grid_steps, cfg=3.0, width=IMAGE_SIZE,
+                              height=IMAGE_SIZE)
+    distance = {key: style_distance(images, reference) for key, images in cells.items()}
+    lines = ["epoch | " + " | ".join(f"w {w:g}" for w in weights)]
+    lines += [f"{e:5d} | " + " | ".join(f"{distance[(e, w)]:.3f}" for w in weights) for e in chosen]
+    best = min((k for k in distance if k[1] != 0), key=distance.get)
+    base = distance.get((best[0], 0.0))
+    lines.append(f"closest to the style: epoch {best[0]} at weight {best[1]:g} ({distance[best]:.3f}"
+                 + (f"; the base model: {base:.3f})" if base is not None else ")"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
