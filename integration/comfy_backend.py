@@ -301,6 +301,7 @@ class ComfyBackend:
         self._mp: Any = None
         self._saved: dict | None = None
         self._half: HalfPrecisionWeights | None = None
+        self._vae_aside: HalfPrecisionWeights | None = None
         self._transformer_options: dict = {}
 
     # -- the model being trained -------------------------------------------------------------
@@ -391,6 +392,9 @@ class ComfyBackend:
         self._saved = None
         mm = comfy_modules.comfy_module("comfy.model_management")
         try:
+            if self._vae_aside is not None:
+                self._vae_aside.restore()
+                self._vae_aside = None
             if self._half is not None:
                 self._half.restore()  # before unpatch_model, which copies backups into these parameters
                 self._half = None
@@ -411,6 +415,16 @@ class ComfyBackend:
                 if saved["in_training"] is not None:
                     mm.in_training = saved["in_training"]
                 mm.soft_empty_cache()
+
+    def latents_cached(self) -> None:
+        """Every latent is cached: the VAE is not needed until training ends, so on a CPU its weights go
+        to a temporary file meanwhile (RAM is what training runs out of there; a GPU holds no VAE now)."""
+        vae_module = getattr(self.vae, "first_stage_model", None)
+        if self.device.type != "cpu" or not isinstance(vae_module, torch.nn.Module) or self._saved is None:
+            return
+        self._vae_aside = HalfPrecisionWeights(vae_module, None, spill_dir=paths.runs_dir())
+        moved = self._vae_aside.apply()
+        log.debug("style_lora: VAE weights set aside while training (%d MiB)", moved >> 20)
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ class SampleGeometry:
 
 class TrainingBackend(Protocol):
     """Optional attributes the trainer also reads when present: ``prediction_type`` ("epsilon" or
-    "v_prediction", for the file metadata; default "epsilon") and ``model_identity`` (a stable id of
-    the starting weights for the run fingerprint; default ``model_name``)."""
+    "v_prediction", for the file metadata; default "epsilon"), ``model_identity`` (a stable id of
+    the starting weights for the run fingerprint; default ``model_name``) and ``latents_cached()``
+    (called once every latent is cached: the backend may set the VAE aside until ``end_training``)."""
 
     arch: str  # "sd15" or "sdxl"
     model_name: str

@@ -10,6 +10,9 @@ of training, and its original tensor is set aside where it costs the training de
   one half-precision copy instead of the fp32 weights plus a copy. The file disappears when closed,
   also if the process dies.
 
+With ``dtype=None`` nothing is copied: the weights are only set aside, leaving empty placeholders, for a
+module training does not need for a while (the VAE once every latent is cached).
+
 ``restore`` puts the original values, dtype and device back into the same Parameter objects.
 """
 
@@ -50,9 +53,11 @@ def release_freed_memory() -> None:
 
 
 class HalfPrecisionWeights:
-    """``apply()`` swaps in the copies, ``restore()`` puts the originals back (both idempotent)."""
+    """``apply()`` swaps in the copies (or empty placeholders), ``restore()`` puts the originals back
+    (both idempotent)."""
 
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, *, spill_dir: str | Path | None = None) -> None:
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype | None, *,
+                 spill_dir: str | Path | None = None) -> None:
         self.module, self.dtype = module, dtype
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
         self._entries: list[_SetAside] = []
@@ -66,19 +71,19 @@ class HalfPrecisionWeights:
             if id(param) in seen or param.requires_grad or not param.dtype.is_floating_point:
                 continue
             seen.add(id(param))
-            if param.dtype != self.dtype:
+            if param.dtype != self.dtype and param.numel():
                 params.append(param)
         return params
 
     def apply(self) -> int:
-        """Swap every frozen weight for its copy in ``dtype``; returns the number of bytes set aside."""
+        """Swap every frozen weight for its copy in ``dtype`` (or a placeholder); returns the bytes set aside."""
         if self._entries:
             return self.bytes_set_aside
         try:
             for param in self._frozen_params():
                 original = param.data
                 entry = _SetAside(param, original.dtype, original.shape, original.device)
-                half = original.to(self.dtype)
+                half = original.to(self.dtype) if self.dtype is not None else original.new_empty(0)
                 if original.device.type != "cpu":
                     entry.cpu_copy = original.to("cpu")
                 elif self.spill_dir is not None:

@@ -227,6 +227,8 @@ def _train_lora(
     resume_writer = ResumeWriter()
     try:
         latents = _LatentSource(backend, dataset, config.cache_latents, say)
+        if config.cache_latents and hasattr(backend, "latents_cached"):
+            backend.latents_cached()  # the backend may free what only encoding needed
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
         lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets,
                                  init_lora_weights=True, lora_dropout=0.0)

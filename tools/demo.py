@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
 
     started = time.perf_counter()
-    print("[1/7] tiny SD-style model (built and pretrained once, then cached)")
+    print("[1/8] tiny SD-style model (built and pretrained once, then cached)")
     model = pretrained_tiny_sd15(args.cache, progress=True)
 
-    print(f"[2/7] synthetic style dataset: {args.images} images with detailed captions")
+    print(f"[2/8] synthetic style dataset: {args.images} images with detailed captions")
     make_style_dataset(out / "dataset", count=args.images, size=2 * IMAGE_SIZE, seed=0)
 
-    print("[3/7] LoadDataset: repeats, buckets, lint against the guide")
+    print("[3/8] LoadDataset: repeats, buckets, lint against the guide")
     dataset, lint = NODES["StyleLoRALoadDataset"]().load(
         folder="dataset", caption_extension=".txt", repeats=args.repeats, resolution=IMAGE_SIZE,
         enable_bucket=True, min_bucket_size=IMAGE_SIZE, max_bucket_size=2 * IMAGE_SIZE, bucket_step=IMAGE_SIZE // 2,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "lint_report.txt").write_text(lint + "\n", encoding="utf-8")
     print(lint)
 
-    print("[4/7] CaptionEditor + ShuffleCaption (first part stays in place)")
+    print("[4/8] CaptionEditor + ShuffleCaption (first part stays in place)")
     dataset, captions = NODES["StyleLoRACaptionEditor"]().edit(
         dataset=[dataset], prefix=[""], suffix=[""], find=[""], replace=[""], write_back=[False], edits=["{}"])
     (out / "captions.txt").write_text(captions + "\n", encoding="utf-8")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "shuffle_preview.txt").write_text(preview + "\n", encoding="utf-8")
     print(preview)
 
-    print(f"[5/7] TrainLoRA: rank {args.rank}/alpha {args.alpha:g}, DAdaptAdamW lr 1.0, {args.epochs} epochs")
+    print(f"[5/8] TrainLoRA: rank {args.rank}/alpha {args.alpha:g}, DAdaptAdamW lr 1.0, {args.epochs} epochs")
     trained = NODES["StyleLoRATrain"]().train(
         model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
         output_name="demo_style", rank=args.rank, alpha=args.alpha, optimizer="DAdaptAdamW", learning_rate=1.0,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     print(summary)
 
-    print("[6/7] SaveEpochs: every epoch into loras/")
+    print("[6/8] SaveEpochs: every epoch into loras/")
     epochs, names = NODES["StyleLoRASaveEpochs"]().save(
         run=run, name="demo_style", save="all", n=1, subfolder="", overwrite=True)["result"]
     print(f"saved {len(epochs.files)} files: {epochs.files[0].path.name} ... {epochs.files[-1].path.name}")

@@ -335,3 +335,31 @@ def test_the_captions_of_a_step_are_encoded_in_one_call_equal_to_one_by_one(mm):
     assert [c.shape[1] for c in one_by_one] == [77, 3 * 77, 2 * 77, 77]
     assert torch.allclose(context, pad_to_common_length(one_by_one), atol=1e-6)
     assert context.shape == (4, 6 * 77, 16)  # padded by repetition to the LCM of 1, 3 and 2 windows
+
+
+def test_with_cached_latents_the_vae_is_set_aside_while_training_and_comes_back(tmp_path, mm, monkeypatch):
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "out"))
+    model, clip, vae = comfy_objects()
+    before = {k: v.clone() for k, v in vae.first_stage_model.state_dict().items()}
+    backend = ComfyBackend(model, clip, vae)
+    sizes_in_training = []
+    real_loss = backend.loss
+
+    def loss(*args):
+        sizes_in_training.append(sum(p.numel() for p in vae.first_stage_model.parameters()))
+        return real_loss(*args)
+
+    backend.loss = loss
+    config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision="fp32", cache_latents=True)
+    train_lora(backend, _dataset(tmp_path), config, runs_root=tmp_path / "runs", output_name="v")
+    assert sizes_in_training and set(sizes_in_training) == {0}  # nothing of the VAE held while training
+    after = vae.first_stage_model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    # without caching the VAE encodes every step and stays where it is
+    sizes_in_training.clear()
+    config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision="fp32", cache_latents=False)
+    (tmp_path / "b").mkdir()
+    train_lora(backend, _dataset(tmp_path / "b"), config, runs_root=tmp_path / "runs", output_name="v")
+    assert set(sizes_in_training) == {sum(v.numel() for v in before.values())}
