@@ -68,7 +68,9 @@ class HalfPrecisionWeights:
         seen: set[int] = set()
         params = []
         for param in self.module.parameters():
-            if id(param) in seen or param.requires_grad or not param.dtype.is_floating_point:
+            # Set aside without a copy (dtype None): the whole module is idle, trainable flags or not.
+            trainable = param.requires_grad and self.dtype is not None
+            if id(param) in seen or trainable or not param.dtype.is_floating_point:
                 continue
             seen.add(id(param))
             if param.dtype != self.dtype and param.numel():

@@ -400,7 +400,8 @@ class FakeCLIP:
 class FakeVAE:
     def __init__(self):
         self.encode_inputs: list[torch.Tensor] = []
-        self.first_stage_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)).requires_grad_(False)
+        # ComfyUI leaves the VAE's parameters with requires_grad=True
+        self.first_stage_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
 
     def encode(self, pixels):
         assert pixels.ndim == 4 and pixels.shape[-1] == 3, "ComfyUI's VAE takes BHWC"
