@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from ..style_lora_engine.backend import SampleGeometry
 from ..style_lora_engine.errors import ConfigError, StyleLoRAError
-from ..style_lora_engine.frozen_weights import HalfPrecisionWeights
+from ..style_lora_engine.frozen_weights import HalfPrecisionWeights, inference_tensor
 from . import comfy_modules, paths
+from .text_encoder_precision import TextEncoderInComputeDtype
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -213,19 +214,6 @@ def model_identity(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _inference_tensor(tensor: torch.Tensor) -> bool:
-    """Made under inference mode: ``is_inference()``, or no version counter (a Parameter created in
-    inference mode and later given new ``.data``, e.g. by ``Module.to``, reports False but still
-    cannot be saved for backward)."""
-    if tensor.is_inference():
-        return True
-    try:
-        tensor._version  # noqa: B018
-    except RuntimeError:
-        return True
-    return False
-
-
 def make_autograd_usable(module: torch.nn.Module) -> int:
     """Turn inference tensors (weights created while ComfyUI ran under ``torch.inference_mode()``,
     which autograd cannot save for backward) into normal tensors with the same values, in place:
@@ -233,7 +221,7 @@ def make_autograd_usable(module: torch.nn.Module) -> int:
     count = 0
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
-            if param is None or not _inference_tensor(param):
+            if param is None or not inference_tensor(param):
                 continue
             fresh = torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
             try:
@@ -244,7 +232,7 @@ def make_autograd_usable(module: torch.nn.Module) -> int:
                 sub._parameters[name] = fresh
             count += 1
         for name, buf in list(sub._buffers.items()):
-            if buf is not None and _inference_tensor(buf):
+            if buf is not None and inference_tensor(buf):
                 sub._buffers[name] = buf.detach().clone()
                 count += 1
     return count
@@ -302,6 +290,7 @@ class ComfyBackend:
         self._saved: dict | None = None
         self._half: HalfPrecisionWeights | None = None
         self._vae_aside: HalfPrecisionWeights | None = None
+        self._text: TextEncoderInComputeDtype | None = None
         self._transformer_options: dict = {}
 
     # -- the model being trained -------------------------------------------------------------
@@ -376,6 +365,10 @@ class ComfyBackend:
                     moved = self._half.apply()
                     self._input_dtype = dtype
                     log.debug("style_lora: U-Net weights in %s for training (%d MiB set aside)", dtype, moved >> 20)
+                    # The captions of every step are encoded: the text encoder computes in that dtype too.
+                    self._text = TextEncoderInComputeDtype(
+                        self.clip, dtype, spill_dir=paths.runs_dir() if self.device.type == "cpu" else None)
+                    self._text.apply()
                 self._transformer_options = training_transformer_options()
                 self._sampling = mp.get_model_object("model_sampling")
                 self._num_timesteps = int(len(self._sampling.sigmas))
@@ -392,6 +385,13 @@ class ComfyBackend:
         self._saved = None
         mm = comfy_modules.comfy_module("comfy.model_management")
         try:
+            if self._text is not None:
+                if mm is not None:
+                    # ComfyUI may hold the CLIP patched from the copies (a LoRA on the CLIP upstream):
+                    # unloaded now, it is patched afresh from the user's weights when next used.
+                    mm.unload_all_models()
+                self._text.restore()
+                self._text = None
             if self._vae_aside is not None:
                 self._vae_aside.restore()
                 self._vae_aside = None

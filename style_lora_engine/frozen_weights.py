@@ -13,7 +13,10 @@ of training, and its original tensor is set aside where it costs the training de
 With ``dtype=None`` nothing is copied: the weights are only set aside, leaving empty placeholders, for a
 module training does not need for a while (the VAE once every latent is cached).
 
-``restore`` puts the original values, dtype and device back into the same Parameter objects.
+``restore`` puts the original values and dtype back into the same Parameter objects, on the device
+each parameter is on by then (the host may have moved an idle model meanwhile). A parameter made under
+``torch.inference_mode()`` (ComfyUI loads models so) is swapped under inference mode too: given a
+normal tensor as ``.data`` it would lose its version counter and fail in the host's next call.
 """
 
 from __future__ import annotations
@@ -34,10 +37,23 @@ class _SetAside:
     param: torch.nn.Parameter
     dtype: torch.dtype
     shape: torch.Size
-    device: torch.device
+    inference: bool
     cpu_copy: torch.Tensor | None = None  # set aside in RAM
     offset: int = -1  # set aside in the spill file
     nbytes: int = 0
+
+
+def inference_tensor(tensor: torch.Tensor) -> bool:
+    """Made under inference mode: ``is_inference()``, or no version counter (a Parameter created in
+    inference mode and later given new ``.data``, e.g. by ``Module.to``, reports False but still
+    cannot be saved for backward)."""
+    if tensor.is_inference():
+        return True
+    try:
+        tensor._version  # noqa: B018
+    except RuntimeError:
+        return True
+    return False
 
 
 def release_freed_memory() -> None:
@@ -57,8 +73,11 @@ class HalfPrecisionWeights:
     (both idempotent)."""
 
     def __init__(self, module: torch.nn.Module, dtype: torch.dtype | None, *,
-                 spill_dir: str | Path | None = None) -> None:
+                 spill_dir: str | Path | None = None, include_trainable: bool = False) -> None:
+        """``include_trainable``: also parameters with ``requires_grad`` (a module that is never trained
+        but whose host leaves the flag set, such as ComfyUI's text encoders)."""
         self.module, self.dtype = module, dtype
+        self.include_trainable = include_trainable
         self.spill_dir = None if spill_dir is None else Path(spill_dir)
         self._entries: list[_SetAside] = []
         self._file: BinaryIO | None = None
@@ -69,7 +88,7 @@ class HalfPrecisionWeights:
         params = []
         for param in self.module.parameters():
             # Set aside without a copy (dtype None): the whole module is idle, trainable flags or not.
-            trainable = param.requires_grad and self.dtype is not None
+            trainable = param.requires_grad and self.dtype is not None and not self.include_trainable
             if id(param) in seen or trainable or not param.dtype.is_floating_point:
                 continue
             seen.add(id(param))
@@ -84,16 +103,17 @@ class HalfPrecisionWeights:
         try:
             for param in self._frozen_params():
                 original = param.data
-                entry = _SetAside(param, original.dtype, original.shape, original.device)
-                half = original.to(self.dtype) if self.dtype is not None else original.new_empty(0)
-                if original.device.type != "cpu":
-                    entry.cpu_copy = original.to("cpu")
-                elif self.spill_dir is not None:
-                    entry.offset, entry.nbytes = self._spill(original)
-                else:
-                    entry.cpu_copy = original
-                self._entries.append(entry)
-                param.data = half
+                entry = _SetAside(param, original.dtype, original.shape, inference_tensor(param))
+                with torch.inference_mode(entry.inference):
+                    half = original.to(self.dtype) if self.dtype is not None else original.new_empty(0)
+                    if original.device.type != "cpu":
+                        entry.cpu_copy = original.to("cpu")
+                    elif self.spill_dir is not None:
+                        entry.offset, entry.nbytes = self._spill(original)
+                    else:
+                        entry.cpu_copy = original
+                    self._entries.append(entry)
+                    param.data = half
                 self.bytes_set_aside += original.numel() * original.element_size()
                 del original
             if self._file is not None:
@@ -127,12 +147,13 @@ class HalfPrecisionWeights:
         return raw.view(entry.dtype).reshape(entry.shape)
 
     def restore(self) -> None:
-        """Put every original tensor back (values, dtype, device) and free the copies."""
+        """Put every original tensor back (values and dtype, on the parameter's device) and free the copies."""
         try:
             while self._entries:
                 entry = self._entries[-1]
-                original = entry.cpu_copy if entry.cpu_copy is not None else self._read_back(entry)
-                entry.param.data = original.to(entry.device)
+                with torch.inference_mode(entry.inference):
+                    original = entry.cpu_copy if entry.cpu_copy is not None else self._read_back(entry)
+                    entry.param.data = original.to(entry.param.device)
                 self._entries.pop()
         finally:
             if self._file is not None and not self._entries:

@@ -362,13 +362,63 @@ def _token_ids(text: str) -> list[int]:
     return [int(hashlib.sha256(w.encode()).hexdigest()[:6], 16) % 49000 for w in text.split()]
 
 
+class FakeTextTransformer(nn.Module):
+    """ComfyUI's ``CLIPTextModel`` call shape: ``forward(input_tokens, attention_mask, embeds=..., dtype=fp32)``
+    computing in ``dtype`` (position embedding cast to it, weights cast to the input's dtype as
+    ComfyUI's manual-cast ops do); returns (last hidden, intermediate, projected pooled, pooled)."""
+
+    def __init__(self, width=16, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed + 77)
+        self.position = nn.Parameter((torch.randn(77, width, generator=gen) * 0.1).half())
+        self.proj = nn.Linear(width, width)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(width) + 0.1 * torch.randn(width, width, generator=gen))
+            self.proj.bias.copy_(0.1 * torch.randn(width, generator=gen))
+        self.half()
+        self.calls: list[dict] = []  # dtypes seen: compute, embeds, weights
+
+    def forward(self, input_tokens=None, attention_mask=None, embeds=None, num_tokens=None,
+                intermediate_output=None, final_layer_norm_intermediate=True, dtype=torch.float32, embeds_info=()):
+        self.calls.append({"dtype": dtype, "embeds": embeds.dtype, "weight": self.proj.weight.dtype})
+        x = embeds + self.position.to(dtype)
+        x = torch.nn.functional.linear(x, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype))
+        return x, None, x[:, 0], x[:, 0]
+
+
+class FakeSDClip(nn.Module):
+    """ComfyUI's ``SDClipModel``: token embeddings (``process_tokens``, fp32 out) then the transformer,
+    called with ComfyUI's hard-coded ``dtype=torch.float32``."""
+
+    def __init__(self, width=16, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.token_embedding = nn.Embedding(49408, width)
+        with torch.no_grad():
+            self.token_embedding.weight.copy_(torch.randn(49408, width, generator=gen))
+        self.token_embedding.half()
+        self.transformer = FakeTextTransformer(width, seed)
+
+    def process_tokens(self, tokens, device):
+        ids = torch.tensor([[t for t, _w in window] for window in tokens], device=device)
+        return self.token_embedding(ids).float()
+
+    def forward(self, tokens):
+        embeds = self.process_tokens(tokens, self.token_embedding.weight.device)
+        out = self.transformer(None, None, embeds=embeds, dtype=torch.float32)
+        return out[0].float(), out[2].float()
+
+
 class FakeCLIP:
-    """``tokenize`` -> {"l": [77-token windows of (token, weight)]}; ``encode_from_tokens`` -> a
-    deterministic cond [1, 77·windows, 16] (+ pooled [1, 8]); 10 words per window here."""
+    """``tokenize`` -> {"l": [77-token windows of (token, weight)]}; ``encode_from_tokens`` runs the
+    windows through ``cond_stage_model.clip_l`` (ComfyUI's layout, fp16 weights) -> cond
+    [1, 77·windows, 16] (+ pooled [1, 8]); 10 words per window here."""
 
     def __init__(self, pooled=True):
         self.pooled = pooled
         self.tokenize_calls: list[dict] = []
+        self.cond_stage_model = nn.Module()
+        self.cond_stage_model.clip_l = FakeSDClip()
 
     def tokenize(self, text, return_word_ids=False, **kwargs):
         self.tokenize_calls.append({"text": text, **kwargs})
@@ -376,14 +426,12 @@ class FakeCLIP:
         windows = [ids[i:i + 10] for i in range(0, len(ids), 10)] or [[]]
         return {"l": [[(49406, 1.0)] + [(t, 1.0) for t in w] + [(49407, 1.0)] * (76 - len(w)) for w in windows]}
 
-    def _embed(self, window):
-        gen = torch.Generator().manual_seed(sum(t for t, _w in window) % (2 ** 31))
-        return torch.randn(77, 16, generator=gen)
-
+    @torch.no_grad()
     def encode_from_tokens(self, tokens, return_pooled=False, return_dict=False):
         windows = tokens["l"]
-        cond = torch.cat([self._embed(w) for w in windows]).unsqueeze(0)
-        pooled = cond[:, 0, :8].clone() if self.pooled else None
+        z, first = self.cond_stage_model.clip_l(windows)
+        cond = z.reshape(1, -1, z.shape[-1])
+        pooled = first[:1, :8].clone() if self.pooled else None
         if return_dict:
             return {"cond": cond, "pooled_output": pooled}
         return (cond, pooled) if return_pooled else cond
@@ -420,7 +468,9 @@ def comfy_objects(arch="sd15", kind="eps", seed=0):
     model = FakeBaseModel(arch, kind, seed)
     patcher = FakePatcher(model)
     patcher.cached_patcher_init = (lambda *a, **k: None, ("/models/checkpoints/my_model.safetensors", False), 0)
-    return patcher, FakeCLIP(), FakeVAE()
+    with torch.inference_mode():  # ComfyUI loads checkpoints so: their weights are inference tensors
+        clip, vae = FakeCLIP(), FakeVAE()
+    return patcher, clip, vae
 
 
 def fake_model_management():

@@ -18,6 +18,7 @@ Cases (each prints one JSON line, "RESULT {...}", for the test to check):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -200,11 +201,18 @@ def case_sd15_fp16(args) -> dict:
     unet = model.model.diffusion_model
     attention.attention_pytorch = counting_sdpa
     hook = unet.register_forward_pre_hook(lambda m, a: weight_dtypes.add(str(m.out[2].weight.dtype)))
+    # the text encoder's first layer: the dtype it computes in and the dtype of its weights
+    text_layer = clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers[0]
+    text_dtypes = set()
+    text_hook = text_layer.register_forward_pre_hook(
+        lambda m, a: text_dtypes.add((str(a[0].dtype), str(m.mlp.fc1.weight.dtype))))
+    clip_before = _state_digest(clip.cond_stage_model)
     try:
         result, _ = _train(host.training_backend(model, clip, vae), _dataset(work / "bf16", 64, 1), work / "bf16",
                            mixed_precision="bf16")
     finally:
         hook.remove()
+        text_hook.remove()
         attention.attention_pytorch = real_sdpa
     mm.unload_all_models()
     info["bf16"] = {"losses": result.losses, "weight_dtypes": sorted(weight_dtypes), "sdpa_calls": len(sdpa_calls),
@@ -212,8 +220,27 @@ def case_sd15_fp16(args) -> dict:
                     "weight_dtype_after": str(model.model_dtype()),
                     "digest_unchanged": model_digest(model) == digest_before,
                     "cast_flags_unchanged": cast_flags() == flags_before,
+                    "text_encoder_dtypes": sorted(text_dtypes),
+                    "clip_unchanged": _state_digest(clip.cond_stage_model) == clip_before,
                     "image_unchanged": bool(np.array_equal(sample_image(), image_before))}
     return info
+
+
+def _state_digest(module) -> str:
+    """Names, dtypes, requires_grad flags and bytes of a module's parameters and buffers, and any
+    per-instance forward left behind."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=20)
+    for name, sub in module.named_modules():
+        h.update(f"{name}:fwd={'forward' in sub.__dict__};".encode())
+    for name, param in module.named_parameters():
+        h.update(f"{name}:{param.requires_grad};".encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def main() -> int:

@@ -66,3 +66,6 @@ def test_fp32_and_bf16_training_on_fp16_weights_leave_the_model_unchanged(comfy_
     assert bf16["sdpa_calls"] > 0 and bf16["sampling_attention"] != "attention_pytorch"
     assert bf16["weight_dtype_after"] == "torch.float16"
     assert bf16["digest_unchanged"] and bf16["cast_flags_unchanged"] and bf16["image_unchanged"]
+    # the text encoder computed in bf16 from a bf16 copy (ComfyUI: fp16 weights cast to fp32 per layer)
+    assert bf16["text_encoder_dtypes"] == [["torch.bfloat16", "torch.bfloat16"]]
+    assert bf16["clip_unchanged"]

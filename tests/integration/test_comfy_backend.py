@@ -3,6 +3,8 @@ ComfyUI; tests/e2e runs the same code against the real ones)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from style_lora_trainer.integration.comfy_backend import (
     pad_to_common_length,
     parameterisation,
 )
+from style_lora_trainer.integration.text_encoder_precision import TextEncoderInComputeDtype, text_encoders
 from style_lora_trainer.style_lora_engine.backend import SampleGeometry
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
@@ -356,6 +359,8 @@ def test_with_cached_latents_the_vae_is_set_aside_while_training_and_comes_back(
     assert sizes_in_training and set(sizes_in_training) == {0}  # nothing of the VAE held while training
     after = vae.first_stage_model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+    with torch.inference_mode():  # and ComfyUI can run it again (its weights are inference tensors)
+        vae.first_stage_model(torch.rand(1, 3, 8, 8))
     # without caching the VAE encodes every step and stays where it is
     sizes_in_training.clear()
     config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
@@ -363,3 +368,63 @@ def test_with_cached_latents_the_vae_is_set_aside_while_training_and_comes_back(
     (tmp_path / "b").mkdir()
     train_lora(backend, _dataset(tmp_path / "b"), config, runs_root=tmp_path / "runs", output_name="v")
     assert set(sizes_in_training) == {sum(v.numel() for v in before.values())}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_text_encoder_computes_in_the_training_dtype_and_comes_back_bit_for_bit(tmp_path, mm, monkeypatch,
+                                                                                precision):
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "out"))
+    model, clip, vae = comfy_objects()
+    encoder = clip.cond_stage_model.clip_l
+    params = dict(clip.cond_stage_model.named_parameters())
+    before = {k: (v.detach().clone(), v.requires_grad) for k, v in params.items()}
+    tokens = clip.tokenize("style, thing 1, detail", disable_weights=True)
+    cond_before = clip.encode_from_tokens(tokens)
+    encoder.transformer.calls.clear()
+    backend = ComfyBackend(model, clip, vae)
+    config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision=precision)
+    train_lora(backend, _dataset(tmp_path), config, runs_root=tmp_path / "runs", output_name="te")
+    seen = {tuple(c.values()) for c in encoder.transformer.calls}
+    if precision == "bf16":
+        # one copy in bf16, computed in bf16: no per-layer cast from ComfyUI's fp16 weights to fp32
+        assert seen == {(torch.bfloat16, torch.bfloat16, torch.bfloat16)}
+        assert mm.calls.count("unload_all_models") == 2  # also at the end: ComfyUI re-patches from the originals
+    else:
+        # fp32 leaves ComfyUI's fp16 weights and fp32 compute as they are
+        assert seen == {(torch.float32, torch.float32, torch.float16)}
+    assert "forward" not in encoder.transformer.__dict__ and backend._text is None
+    assert all(p is params[n] for n, p in clip.cond_stage_model.named_parameters())
+    for name, (value, requires_grad) in before.items():
+        assert params[name].dtype == value.dtype and torch.equal(params[name].detach(), value), name
+        assert params[name].requires_grad == requires_grad
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        assert torch.equal(clip.encode_from_tokens(tokens), cond_before)
+
+
+def test_text_encoder_in_bf16_stays_close_to_comfyuis_fp32_encoding(tmp_path):
+    _model, clip, _vae = comfy_objects()
+    captions = ["style, thing 1, detail", "a caption of three windows " * 5]
+    reference = [clip.encode_from_tokens(clip.tokenize(c, disable_weights=True)) for c in captions]
+    precision = TextEncoderInComputeDtype(clip, torch.bfloat16, spill_dir=tmp_path)
+    assert precision.apply() and precision.apply()  # idempotent
+    for caption, ref in zip(captions, reference):
+        got = clip.encode_from_tokens(clip.tokenize(caption, disable_weights=True))
+        assert got.dtype == torch.float32 and not torch.equal(got, ref)
+        assert float((got - ref).norm() / ref.norm()) < 0.02
+    precision.restore()
+    precision.restore()
+    assert torch.equal(clip.encode_from_tokens(clip.tokenize(captions[0], disable_weights=True)), reference[0])
+
+
+def test_text_encoder_of_an_unknown_layout_is_left_alone(tmp_path):
+    _model, clip, _vae = comfy_objects()
+    assert text_encoders(clip.cond_stage_model) == [clip.cond_stage_model.clip_l]
+    meta = comfy_objects()[1]
+    meta.cond_stage_model.clip_l.to("meta")  # weights ComfyUI streams in (dynamic VRAM) are not materialised
+    for odd in (meta, SimpleNamespace(cond_stage_model=torch.nn.Linear(2, 2)), SimpleNamespace()):
+        assert TextEncoderInComputeDtype(odd, torch.bfloat16, spill_dir=tmp_path).apply() is False
+    dynamic = comfy_objects()[1]
+    dynamic.patcher = SimpleNamespace(is_dynamic=lambda: True)
+    assert TextEncoderInComputeDtype(dynamic, torch.bfloat16, spill_dir=tmp_path).apply() is False
+    assert dynamic.cond_stage_model.clip_l.transformer.proj.weight.dtype == torch.float16
