@@ -60,7 +60,9 @@ class TrainingBackend(Protocol):
         geometry: list[SampleGeometry],
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """One denoising loss (scalar) with noise and timesteps drawn from ``generator`` (on CPU)."""
+        """One denoising loss (scalar) with noise and timesteps drawn from ``generator`` (on CPU). With a
+        bf16/fp16 ``begin_training`` dtype the U-Net runs under ``torch.autocast`` in that dtype (the
+        trainer relies on it: the LoRA layers leave casting their inputs to autocast)."""
         ...
 
 

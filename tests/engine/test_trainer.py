@@ -16,6 +16,7 @@ from style_lora_trainer.style_lora_engine.dataset import load_dataset
 from style_lora_trainer.style_lora_engine.errors import StyleLoRAError, TrainingStopped
 from style_lora_trainer.style_lora_engine.shuffle import ShuffleSettings
 from style_lora_trainer.style_lora_engine.trainer import (
+    ADAPTER,
     TrainCallbacks,
     plan_epoch,
     steps_per_epoch,
@@ -248,3 +249,34 @@ def test_out_of_memory_names_the_settings_to_change_in_order_with_what_each_save
     files = sorted(p.name for p in next(tmp_path.iterdir()).glob("r-*.safetensors"))
     assert files == ["r-000001.safetensors"]  # the finished epoch is kept
     assert torch.equal(_unet_output(model.unet), before)
+
+
+def test_bf16_lora_layers_take_their_input_as_autocast_gives_it_and_follow_the_fp32_losses(tmp_path, dataset, model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    inputs: dict[int, set] = {}
+    wrappers: list = []
+
+    def record(module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            inputs.setdefault(id(module), set()).add(args[0].dtype)
+        if isinstance(module, BaseTunerLayer):
+            wrappers.append(module)
+
+    config = dataclasses.replace(CONFIG, epochs=1)
+    fp32 = train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path, output_name="p")
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        bf16 = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(config, mixed_precision="bf16"),
+                          runs_root=tmp_path, output_name="p")
+    finally:
+        hook.remove()
+    # each LoRA layer's A gets the very input of the layer it wraps (autocast casts for the matmul), not
+    # an fp32 copy made by peft; the LoRA weights stay fp32
+    assert wrappers and torch.bfloat16 in set().union(*(inputs[id(w)] for w in wrappers))
+    for wrapper in dict.fromkeys(wrappers):
+        lora_a = wrapper.lora_A[ADAPTER]
+        assert inputs[id(lora_a)] == inputs[id(wrapper)] and lora_a.weight.dtype == torch.float32
+    mean = sum(fp32.losses) / len(fp32.losses)
+    assert abs(sum(bf16.losses) / len(bf16.losses) - mean) < 0.1 * mean
+    assert bf16.losses != fp32.losses
