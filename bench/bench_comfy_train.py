@@ -109,6 +109,8 @@ def child_pack(opts) -> dict:
                          gradient_checkpointing=checkpointing, cache_latents=True)
     if "channels_last" in opts.levers:
         _channels_last_for_training()
+    if "compile" in opts.levers:
+        _compiled_blocks_for_training()
     epoch_end = []
     callbacks = TrainCallbacks(on_epoch=lambda info: epoch_end.append(time.perf_counter()))
     with torch.inference_mode():
@@ -134,6 +136,28 @@ def _channels_last_for_training() -> None:
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
 
     ComfyBackend.begin_training = begin_training
+
+
+def _compiled_blocks_for_training() -> None:
+    """Lever under trial (not in the pack): ``torch.compile`` of each ResBlock / SpatialTransformer of the
+    training copy (regional compilation; the LoRA layers are inside when the first step traces them)."""
+    from style_lora_trainer.integration.comfy_backend import ComfyBackend
+
+    begin, end = ComfyBackend.begin_training, ComfyBackend.end_training
+
+    def begin_training(self, *, dtype, gradient_checkpointing):
+        begin(self, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
+        self._compiled = [m for m in self._mp.model.diffusion_model.modules()
+                          if type(m).__name__ in ("ResBlock", "SpatialTransformer")]
+        for module in self._compiled:
+            module.compile(dynamic=False)
+
+    def end_training(self):
+        for module in getattr(self, "_compiled", []):
+            module._compiled_call_impl = None
+        end(self)
+
+    ComfyBackend.begin_training, ComfyBackend.end_training = begin_training, end_training
 
 
 # --- kohya ------------------------------------------------------------------------------------
@@ -257,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating runs per trainer and configuration")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--out", type=Path, help="rewrite the results section of this Markdown file")
-    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last")
+    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last, compile")
     p.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.comfyui_dir is None:

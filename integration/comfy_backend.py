@@ -386,10 +386,6 @@ class ComfyBackend:
         mm = comfy_modules.comfy_module("comfy.model_management")
         try:
             if self._text is not None:
-                if mm is not None:
-                    # ComfyUI may hold the CLIP patched from the copies (a LoRA on the CLIP upstream):
-                    # unloaded now, it is patched afresh from the user's weights when next used.
-                    mm.unload_all_models()
                 self._text.restore()
                 self._text = None
             if self._vae_aside is not None:

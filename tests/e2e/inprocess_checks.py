@@ -223,6 +223,27 @@ def case_sd15_fp16(args) -> dict:
                     "text_encoder_dtypes": sorted(text_dtypes),
                     "clip_unchanged": _state_digest(clip.cond_stage_model) == clip_before,
                     "image_unchanged": bool(np.array_equal(sample_image(), image_before))}
+
+    # A LoRA on the CLIP upstream (LoraLoader patches the CLIP too): ComfyUI patches the CLIP from the
+    # bf16 copy while training; afterwards it encodes from the user's weights again.
+    patched = clip.clone()
+    key = next(k for k in patched.patcher.model_state_dict() if k.endswith("layers.0.mlp.fc1.weight"))
+    shape = patched.patcher.model_state_dict()[key].shape
+    added = patched.add_patches({key: ("diff", (torch.full(shape, 0.01),))}, 1.0)
+
+    def encode(c):
+        with torch.inference_mode():
+            return c.encode_from_tokens(c.tokenize("red"))
+
+    cond_before = encode(patched)
+    mm.unload_all_models()
+    clip_patched_before = _state_digest(clip.cond_stage_model)  # ComfyUI's unpatching clears requires_grad
+    _train(host.training_backend(model, patched, vae), _dataset(work / "clip_lora", 64, 1), work / "clip_lora",
+           mixed_precision="bf16")
+    mm.unload_all_models()
+    clip_unchanged = _state_digest(clip.cond_stage_model) == clip_patched_before  # before encode() patches it
+    info["clip_lora"] = {"patched_keys": len(added), "patch_changes_cond": not torch.equal(cond_before, encode(clip)),
+                         "cond_unchanged": torch.equal(encode(patched), cond_before), "clip_unchanged": clip_unchanged}
     return info
 
 
@@ -232,9 +253,10 @@ def _state_digest(module) -> str:
     import torch
 
     h = hashlib.blake2b(digest_size=20)
-    for name, sub in module.named_modules():
+    # by name: ComfyUI's patching re-registers patched weights, which may change their order
+    for name, sub in sorted(module.named_modules(), key=lambda item: item[0]):
         h.update(f"{name}:fwd={'forward' in sub.__dict__};".encode())
-    for name, param in module.named_parameters():
+    for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
         h.update(f"{name}:{param.requires_grad};".encode())
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()

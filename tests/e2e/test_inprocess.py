@@ -69,3 +69,6 @@ def test_fp32_and_bf16_training_on_fp16_weights_leave_the_model_unchanged(comfy_
     # the text encoder computed in bf16 from a bf16 copy (ComfyUI: fp16 weights cast to fp32 per layer)
     assert bf16["text_encoder_dtypes"] == [["torch.bfloat16", "torch.bfloat16"]]
     assert bf16["clip_unchanged"]
+    # with a LoRA on the CLIP upstream, the patched CLIP encodes exactly as before training
+    assert result["clip_lora"] == {"patched_keys": 1, "patch_changes_cond": True, "cond_unchanged": True,
+                                   "clip_unchanged": True}
