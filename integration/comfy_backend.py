@@ -384,16 +384,19 @@ class ComfyBackend:
         mp, saved = self._mp, self._saved
         self._saved = None
         mm = comfy_modules.comfy_module("comfy.model_management")
+        failed: BaseException | None = None
         try:
-            if self._text is not None:
-                self._text.restore()
-                self._text = None
-            if self._vae_aside is not None:
-                self._vae_aside.restore()
-                self._vae_aside = None
-            if self._half is not None:
-                self._half.restore()  # before unpatch_model, which copies backups into these parameters
-                self._half = None
+            # Each set-aside comes back even if another fails (a CLIP that cannot be restored must not
+            # leave the U-Net on its bf16 copy); the U-Net's before unpatch_model, which copies
+            # ComfyUI's backups into these parameters. The first failure is raised at the end.
+            for name in ("_text", "_vae_aside", "_half"):
+                aside = getattr(self, name)
+                setattr(self, name, None)
+                try:
+                    if aside is not None:
+                        aside.restore()
+                except BaseException as exc:  # noqa: BLE001  (re-raised below)
+                    failed = failed or exc
             unet = mp.model.diffusion_model
             for module in saved["wrapped"]:
                 module.__dict__.pop("forward", None)
@@ -405,6 +408,8 @@ class ComfyBackend:
                 # The manual-cast flag set for fp32 training (ComfyUI resets it on a full load only).
                 if "prev_comfy_cast_weights" in module.__dict__:
                     module.comfy_cast_weights = module.__dict__.pop("prev_comfy_cast_weights")
+            if failed is not None:
+                raise failed
         finally:
             self._mp = None
             if mm is not None:

@@ -433,3 +433,25 @@ def test_text_encoder_of_an_unknown_layout_is_left_alone(tmp_path):
     assert TextEncoderInComputeDtype(patched, torch.bfloat16, spill_dir=tmp_path).apply() is False
     patched.patcher.patches = {}
     assert TextEncoderInComputeDtype(patched, torch.bfloat16, spill_dir=tmp_path).apply() is True
+
+
+def test_a_failed_restore_of_the_text_encoder_still_puts_the_unet_and_vae_back(tmp_path, mm, monkeypatch):
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "out"))
+    model, clip, vae = comfy_objects()
+    unet = model.model.diffusion_model.half()
+    before = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    vae_before = {k: v.clone() for k, v in vae.first_stage_model.state_dict().items()}
+
+    def broken(self):
+        raise OSError("the temporary copy of the model weights is truncated")
+
+    monkeypatch.setattr(TextEncoderInComputeDtype, "restore", broken)
+    config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision="bf16", cache_latents=True)
+    with pytest.raises(OSError, match="truncated"):
+        train_lora(ComfyBackend(model, clip, vae), _dataset(tmp_path), config, runs_root=tmp_path / "runs",
+                   output_name="f")
+    after = unet.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert all(torch.equal(vae.first_stage_model.state_dict()[k], v) for k, v in vae_before.items())
+    assert mm.in_training is False  # ComfyUI's flag is put back too
