@@ -7,10 +7,10 @@ gets one copy of its weights in the compute dtype and computes in it: measured o
 here, 92 ms a call instead of 189 ms, outputs within 1 % (relative norm) of ComfyUI's. The user's
 weights are set aside losslessly (``HalfPrecisionWeights``) and put back when training ends.
 
-A CLIP with weight patches (a LoraLoader upstream) is left as ComfyUI has it too: ComfyUI swaps the
-patched weights for new Parameters when it patches and unpatches, so a copy could not be put back
-where ComfyUI keeps the original. An fp32 run leaves the encoder as ComfyUI has it: an fp32 copy would cost 0.23 GiB (CLIP-L) to save
-~40 ms a step, against the memory target. Nothing here imports ComfyUI.
+A CLIP with weight patches (a LoraLoader upstream) is left as ComfyUI has it: ComfyUI swaps patched
+weights for new Parameters when it patches and unpatches, so a copy could not be put back where
+ComfyUI keeps the original. So is the encoder of an fp32 run: an fp32 copy would cost 0.23 GiB
+(CLIP-L) to save ~40 ms a step, against the memory target. Nothing here imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -59,25 +59,30 @@ class TextEncoderInComputeDtype:
         self._weights: HalfPrecisionWeights | None = None
         self._wrapped: list[torch.nn.Module] = []
 
-    def _usable(self) -> torch.nn.Module | None:
+    def _unusable_because(self) -> str | None:
         model = getattr(self.clip, "cond_stage_model", None)
         patcher = getattr(self.clip, "patcher", None)
-        if not isinstance(model, torch.nn.Module) or getattr(patcher, "is_dynamic", lambda: False)():
-            return None
+        if not isinstance(model, torch.nn.Module):
+            return "no cond_stage_model"
+        if getattr(patcher, "is_dynamic", lambda: False)():
+            return "dynamic VRAM streams its weights"
         if getattr(patcher, "patches", None) or getattr(patcher, "hook_patches", None):
-            return None
+            return "it has weight patches (a LoRA upstream)"
         params = [p for p in model.parameters() if p.dtype.is_floating_point]
-        if not params or any(p.device.type == "meta" for p in params) or not text_encoders(model):
-            return None
-        return model
+        if not params or any(p.device.type == "meta" for p in params):
+            return "its weights are not materialised"
+        if not text_encoders(model):
+            return "no known encoder layout"
+        return None
 
     def apply(self) -> bool:
         if self._weights is not None:
             return True
-        model = self._usable()
-        if model is None:
-            log.debug("style_lora: text encoder left in ComfyUI's precision (not a known CLIP layout)")
+        reason = self._unusable_because()
+        if reason is not None:
+            log.debug("style_lora: text encoder left in ComfyUI's precision (%s)", reason)
             return False
+        model = self.clip.cond_stage_model
         weights = HalfPrecisionWeights(model, self.dtype, spill_dir=self.spill_dir, include_trainable=True)
         try:
             weights.apply()

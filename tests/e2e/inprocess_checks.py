@@ -18,7 +18,6 @@ Cases (each prints one JSON line, "RESULT {...}", for the test to check):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -154,7 +153,7 @@ def case_sd15_fp16(args) -> dict:
     import comfy.sd
     import numpy as np
     import torch
-    from helper_nodes import model_digest
+    from helper_nodes import model_digest, module_digest
 
     from style_lora_trainer.integration import host
 
@@ -206,7 +205,7 @@ def case_sd15_fp16(args) -> dict:
     text_dtypes = set()
     text_hook = text_layer.register_forward_pre_hook(
         lambda m, a: text_dtypes.add((str(a[0].dtype), str(m.mlp.fc1.weight.dtype))))
-    clip_before = _state_digest(clip.cond_stage_model)
+    clip_before = module_digest(clip.cond_stage_model)
     try:
         result, _ = _train(host.training_backend(model, clip, vae), _dataset(work / "bf16", 64, 1), work / "bf16",
                            mixed_precision="bf16")
@@ -221,7 +220,7 @@ def case_sd15_fp16(args) -> dict:
                     "digest_unchanged": model_digest(model) == digest_before,
                     "cast_flags_unchanged": cast_flags() == flags_before,
                     "text_encoder_dtypes": sorted(text_dtypes),
-                    "clip_unchanged": _state_digest(clip.cond_stage_model) == clip_before,
+                    "clip_unchanged": module_digest(clip.cond_stage_model) == clip_before,
                     "image_unchanged": bool(np.array_equal(sample_image(), image_before))}
 
     # A LoRA on the CLIP upstream (LoraLoader patches the CLIP too): ComfyUI patches the CLIP from the
@@ -237,32 +236,14 @@ def case_sd15_fp16(args) -> dict:
 
     cond_before = encode(patched)
     mm.unload_all_models()
-    clip_patched_before = _state_digest(clip.cond_stage_model)  # ComfyUI's unpatching clears requires_grad
+    clip_patched_before = module_digest(clip.cond_stage_model)  # ComfyUI's unpatching clears requires_grad
     _train(host.training_backend(model, patched, vae), _dataset(work / "clip_lora", 64, 1), work / "clip_lora",
            mixed_precision="bf16")
     mm.unload_all_models()
-    clip_unchanged = _state_digest(clip.cond_stage_model) == clip_patched_before  # before encode() patches it
+    clip_unchanged = module_digest(clip.cond_stage_model) == clip_patched_before  # before encode() patches it
     info["clip_lora"] = {"patched_keys": len(added), "patch_changes_cond": not torch.equal(cond_before, encode(clip)),
                          "cond_unchanged": torch.equal(encode(patched), cond_before), "clip_unchanged": clip_unchanged}
     return info
-
-
-def _state_digest(module) -> str:
-    """Names, dtypes, requires_grad flags and bytes of a module's parameters and buffers, and any
-    per-instance forward left behind."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=20)
-    # by name: ComfyUI's patching re-registers patched weights, which may change their order
-    for name, sub in sorted(module.named_modules(), key=lambda item: item[0]):
-        h.update(f"{name}:fwd={'forward' in sub.__dict__};".encode())
-    for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
-        h.update(f"{name}:{param.requires_grad};".encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def main() -> int:

@@ -30,19 +30,25 @@ class StyleLoRATestGate:
         return (model,)
 
 
-def model_digest(model):
+def module_digest(module) -> str:
+    """Names, classes, train flags, per-instance forwards, requires_grad flags, dtypes, shapes and bytes of
+    a module, by name (ComfyUI's patching re-registers patched weights, which may change their order)."""
     h = hashlib.blake2b(digest_size=20)
-    dm = model.model.diffusion_model
-    for name, module in dm.named_modules():
-        h.update(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{module.training};".encode())
-        fwd = module.__dict__.get("forward")
-        h.update(f"fwd={fwd is not None};".encode())
-    for name, param in dm.named_parameters():
+    for name, sub in sorted(module.named_modules(), key=lambda item: item[0]):
+        h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}:{sub.training};".encode())
+        h.update(f"fwd={'forward' in sub.__dict__};".encode())
+    for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
         h.update(f"{name}:{param.requires_grad};".encode())
-    for name, tensor in sorted(dm.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_digest(model):
+    h = hashlib.blake2b(digest_size=20)
+    h.update(module_digest(model.model.diffusion_model).encode())
     h.update(repr(sorted(model.patches)).encode())
     h.update(repr(sorted(model.object_patches)).encode())
     h.update(repr(sorted(model.backup)).encode())
