@@ -22,6 +22,44 @@ log = logging.getLogger("style_lora_trainer")
 
 PREFIX = "/style_lora"
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_ERROR_CHARS = 2000  # messages quote what was sent; a megabyte of it helps nobody
+MAX_NODE_ID_CHARS = 64  # ComfyUI's ids are "12", or "12:5" inside a subgraph
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; anything else is a ``CanvasError`` (400) saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise gallery.CanvasError(f"The request body is not UTF-8 text (byte 0x{raw[exc.start]:02x} at position "
+                                  f"{exc.start}); send JSON encoded as UTF-8.") from exc
+    try:
+        # NaN and Infinity are Python's extension, not JSON: refused here rather than deep in a handler.
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise gallery.CanvasError(f"The request body is not JSON: {exc.msg} (line {exc.lineno}, column "
+                                  f"{exc.colno}).") from exc
+    except ValueError as exc:  # NaN, or a number of thousands of digits (the rest of the text is Python's)
+        reason = str(exc).split(":")[0]
+        raise gallery.CanvasError(f"The request body is not JSON this server accepts: {reason}. Send plain "
+                                  "numbers.") from exc
+    except RecursionError as exc:
+        raise gallery.CanvasError("The request body is nested too deeply to read; send a flat JSON object.") from exc
+    if not isinstance(data, dict):
+        raise gallery.CanvasError("The request body must be a JSON object.")
+    return data
+
+
+def _node_id(value: str) -> str:
+    if not value:
+        raise gallery.CanvasError("The request needs 'node': the TrainLoRA node's id.")
+    if len(value) > MAX_NODE_ID_CHARS or not value.isprintable():
+        raise gallery.CanvasError(f"'node' {value[:40]!r} is not a node id; give the TrainLoRA node's id, e.g. '12'.")
+    return value
 
 
 def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[str], int] | None] = lambda: None,
@@ -31,7 +69,11 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
     ``token_counter`` is called lazily (loading a tokenizer takes a moment) and may return None, in
     which case token counts are ``null`` and the length badges are left out.
     """
+    too_large = getattr(web, "HTTPRequestEntityTooLarge", ())  # aiohttp's own body limit (client_max_size)
+
     def error(status: int, message: str) -> Any:
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + "…"
         return web.json_response({"error": message}, status=status)
 
     def guarded(handler: Callable[[Any], Awaitable[Any]]):
@@ -49,16 +91,17 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
         return wrapper
 
     async def body(request: Any) -> dict[str, Any]:
+        big = gallery.CanvasError(f"The request is larger than the server accepts (at most "
+                                  f"{MAX_BODY_BYTES // 2**20} MiB); send fewer captions at a time.", 413)
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise gallery.CanvasError(f"The request is larger than {MAX_BODY_BYTES // 2**20} MiB; send fewer "
-                                         "captions at a time.", 413)
+            raise big
         try:
-            data = json.loads(await request.text())
-        except json.JSONDecodeError as exc:
-            raise gallery.CanvasError(f"The request body is not JSON: {exc.msg}.") from exc
-        if not isinstance(data, dict):
-            raise gallery.CanvasError("The request body must be a JSON object.")
-        return data
+            raw = await request.read()  # bytes: request.text() raises a bare UnicodeDecodeError
+        except too_large as exc:
+            raise big from exc
+        if len(raw) > MAX_BODY_BYTES:  # a chunked body has no Content-Length
+            raise big
+        return decode_json_object(raw)
 
     @routes.get(f"{PREFIX}/dataset")
     @guarded
@@ -100,7 +143,4 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
     @routes.get(f"{PREFIX}/training")
     @guarded
     async def training(request: Any) -> Any:
-        node = request.query.get("node", "")
-        if not node:
-            raise gallery.CanvasError("The request needs 'node': the TrainLoRA node's id.")
-        return web.json_response(history.snapshot(node))
+        return web.json_response(history.snapshot(_node_id(request.query.get("node", ""))))

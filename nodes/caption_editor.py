@@ -6,7 +6,9 @@ from typing import Any
 
 from ..integration.socket_types import CATEGORY, DATASET
 from ..style_lora_engine.captions import CaptionEdits, apply_caption_list, apply_edits, write_captions
+from ..style_lora_engine.config import check_bool
 from ..style_lora_engine.dataset import Dataset
+from ..style_lora_engine.errors import DatasetError
 
 
 class StyleLoRACaptionEditor:
@@ -51,7 +53,7 @@ class StyleLoRACaptionEditor:
         separator = ds.shuffle.separator if ds.shuffle else ","
         ds = apply_edits(ds, merged, separator=separator)
         lines = [f"{item.image_path.name}: {item.caption}" for item in ds.items]
-        if write_back[0]:
+        if check_bool(write_back[0], "write_back", error=DatasetError):  # "false" from /prompt is truthy
             written = write_captions(ds, only_changed=True)
             lines.append(f"-- wrote {len(written)} caption file(s)")
         return ds, "\n".join(lines)

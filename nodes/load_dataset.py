@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..integration import tokens
 from ..integration.paths import resolve_dataset_folder
 from ..integration.socket_types import CATEGORY, DATASET
 from ..style_lora_engine.buckets import BucketSettings
-from ..style_lora_engine.dataset import Dataset, load_dataset
+from ..style_lora_engine.config import check_text
+from ..style_lora_engine.dataset import Dataset, folder_signature, load_dataset
+from ..style_lora_engine.errors import DatasetError
 from ..style_lora_engine.lint import lint_dataset
+
+log = logging.getLogger("style_lora_trainer")
 
 
 class StyleLoRALoadDataset:
@@ -26,7 +31,8 @@ class StyleLoRALoadDataset:
             "required": {
                 "folder": ("STRING", {"default": "my_style_dataset", "tooltip":
                            "Folder under ComfyUI's input folder (or an absolute path inside an allowed root)."}),
-                "caption_extension": ("STRING", {"default": ".txt"}),
+                "caption_extension": ("STRING", {"default": ".txt", "tooltip":
+                                      "Extension of the caption files next to the images: '.txt' or '.caption'."}),
                 "repeats": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip":
                             "Times each image is seen per epoch. The guide: ~10, between 8 and 20."}),
                 "resolution": ("INT", {"default": 512, "min": 32, "max": 4096, "step": 8, "tooltip":
@@ -38,21 +44,34 @@ class StyleLoRALoadDataset:
                 "bucket_no_upscale": ("BOOLEAN", {"default": False, "tooltip":
                                       "Never enlarge small images; give them a smaller bucket."}),
                 "skip_unreadable": ("BOOLEAN", {"default": False, "tooltip":
-                                    "Skip images that cannot be read instead of stopping."}),
+                                    "Skip images that cannot be read (or whose caption file cannot be read) "
+                                    "instead of stopping; each is listed in the lint report."}),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "Connect to check captions against the text encoder's 75-token window."}),
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, folder: Any = None, caption_extension: Any = None, **_: Any) -> str | float:
+        """ComfyUI reuses the cached dataset while this value stays the same: a stat-only digest of the
+        images and captions the folder holds (the other widgets are already in ComfyUI's cache key)."""
+        try:
+            return folder_signature(resolve_dataset_folder(folder), caption_extension)
+        except Exception:  # any problem: NaN never equals itself, so load() runs and reports it
+            return float("nan")
+
     def load(self, folder: str, caption_extension: str, repeats: int, resolution: int, enable_bucket: bool,
              min_bucket_size: int, max_bucket_size: int, bucket_step: int, bucket_no_upscale: bool,
              skip_unreadable: bool, clip: Any = None) -> tuple[Dataset, str]:
         buckets = BucketSettings(enabled=enable_bucket, min_size=min_bucket_size, max_size=max_bucket_size,
                                  step=bucket_step, no_upscale=bucket_no_upscale)
+        folder = check_text(folder, "folder", error=DatasetError)
         dataset = load_dataset(resolve_dataset_folder(folder), caption_extension=caption_extension,
                                repeats=repeats, resolution=resolution, buckets=buckets,
                                skip_unreadable=skip_unreadable)
+        for _path, reason in dataset.skipped:
+            log.warning("Style LoRA dataset: skipped %s", reason)
         report = lint_dataset(dataset, count_tokens=tokens.token_counter(clip),
                               token_cap=tokens.token_cap(clip))
         return dataset, report.to_text()

@@ -18,10 +18,11 @@ from ..style_lora_engine.config import (
     PRESETS,
     TrainConfig,
     apply_preset,
+    check_text,
 )
 from ..style_lora_engine.dataset import Dataset
 from ..style_lora_engine.grid import plot_loss
-from ..style_lora_engine.lora_file import sanitize_name
+from ..style_lora_engine.lora_file import explain_sanitized_name
 from ..style_lora_engine.trainer import EpochInfo, StepInfo, TrainCallbacks, TrainResult, train_lora
 
 log = logging.getLogger("style_lora_trainer")
@@ -109,7 +110,10 @@ class StyleLoRATrain:
                              batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
                              gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
         config = apply_preset(config, preset).validate()
-        name = sanitize_name(output_name)
+        name, name_note = explain_sanitized_name(output_name, "output_name")
+        if name_note:
+            log.warning("Style LoRA Train: output_name %s", name_note)
+        training_comment = check_text("" if training_comment is None else training_comment, "training_comment")
         backend = host.training_backend(model, clip, vae)
         node_id = str(unique_id) if unique_id is not None else None
         bar = progress.Progress(config.epochs, node_id)
@@ -165,4 +169,6 @@ class StyleLoRATrain:
         summary = summarize(result)
         if preset in PRESETS:
             summary += f"\nPreset: {preset}"
+        if name_note:
+            summary += f"\noutput_name: {name_note}"
         return {"ui": {"text": [summary]}, "result": (result, pil_to_image(plot), summary)}

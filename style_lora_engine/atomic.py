@@ -10,10 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StyleLoRAError
+
+# Temp files being written by this process now (a background thread writes resume states), so a
+# sweep for stale ones never deletes a write in progress.
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -32,6 +39,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     mode = _final_mode(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(os.path.abspath(tmp_name))
     try:
         yield Path(tmp_name)
         with open(tmp_name, "rb+") as handle:
@@ -43,16 +52,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(os.path.abspath(tmp_name))
     _fsync_directory(directory)
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temp_files(folder: str | os.PathLike[str], *, target_name: str | None = None,
+                            min_age_seconds: float = 0.0) -> list[Path]:
     """Delete the temp files :func:`atomic_path` leaves when its process is killed mid-write (no
-    ``finally`` runs then). Only for a folder no other process is writing to (a run's own folder)."""
+    ``finally`` runs then); writes in progress in this process are left alone.
+
+    In a run folder whose lock is held (``folder_lock``) every other temp file is stale. In a shared
+    folder (``loras``) pass ``target_name`` (only that file's temps) and ``min_age_seconds``: another
+    process writing the same file now would have touched its temp within that time.
+    """
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        if tmp.is_file() and not tmp.is_symlink():
-            with contextlib.suppress(OSError):
+    pattern = f".{target_name}.*.tmp" if target_name else ".*.tmp"
+    now = time.time()
+    for tmp in Path(folder).glob(pattern):
+        with _ACTIVE_LOCK:
+            active = os.path.abspath(tmp) in _ACTIVE
+        if active or not tmp.is_file() or tmp.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime >= min_age_seconds:
                 tmp.unlink()
                 removed.append(tmp)
     return removed

@@ -1,4 +1,8 @@
-"""Caption editing: prefix/suffix, find/replace, per-image overrides, and atomic write-back."""
+"""Caption editing: prefix/suffix, find/replace, per-image overrides, and atomic write-back.
+
+``check_caption_extension`` (defined next to the caption-file reading in ``dataset``) is imported from
+here by the nodes and the canvas routes: one check for every caption extension a user types.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text, safe_join
-from .dataset import Dataset, normalize_caption
+from .config import check_text
+from .dataset import Dataset, check_caption_extension, normalize_caption
 from .errors import StyleLoRAError
 from .shuffle import split_caption
 
@@ -24,11 +29,17 @@ class CaptionEdits:
     # (image file name, caption) pairs, sorted by name; a tuple so the object stays hashable.
     overrides: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        # The node builds these from its widgets; a number arriving over a link would fail later, unnamed.
+        for key in ("prefix", "suffix", "find", "replace"):
+            check_text(getattr(self, key), key, error=StyleLoRAError)
+
     @classmethod
     def from_json(cls, text: str) -> CaptionEdits:
         """Parse the JSON a ComfyUI widget stores, e.g.
         ``{"prefix": "by X", "overrides": {"img.png": "caption"}}``. Blank text means no edits."""
-        if not text or not text.strip():
+        check_text(text, "edits", error=StyleLoRAError)
+        if not text.strip():
             return cls()
         fix = (
             'Expected a JSON object like {"prefix": "", "suffix": "", "find": "", "replace": "", '
@@ -181,6 +192,7 @@ def write_captions(dataset: Dataset, *, only_changed: bool = True) -> list[Path]
     (a missing caption file stays missing while its caption is empty). Captions are written
     as UTF-8 without BOM or trailing newline.
     """
+    check_caption_extension(dataset.caption_extension)  # it names every file written here
     planned: dict[Path, tuple[str, str]] = {}
     for item in dataset.items:
         if only_changed and item.caption == item.original_caption:

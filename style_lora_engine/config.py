@@ -5,16 +5,91 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, StyleLoRAError
 
 OPTIMIZERS = ("DAdaptAdamW", "AdamW", "AdamW8bit", "Adafactor", "Prodigy")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 MIXED_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
 ARCHITECTURES = ("sd15", "sdxl")
+
+# The ranges TrainLoRA's widgets offer (tests/nodes check the widgets agree). ComfyUI checks a typed
+# widget value against them, but not NaN and not a value arriving over a link, so validate() does.
+RANK_RANGE = (1, 256)
+ALPHA_MAX = 256.0
+LEARNING_RATE_MAX = 10.0
+LR_WARMUP_STEPS_RANGE = (0, 100_000)
+EPOCHS_RANGE = (1, 1000)
+BATCH_SIZE_RANGE = (1, 64)
+SEED_RANGE = (0, 0xFFFFFFFF)
+WEIGHT_DECAY_MAX = 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# option checks shared by the engine's validators: each names the option (the node widget of the
+# same name) and says what to enter.
+
+
+def _fail(error: type[StyleLoRAError], name: str, expected: str, value: object, fix: str) -> StyleLoRAError:
+    return error(f"{name} must be {expected}, got {value!r}." + (f" {fix}" if fix else ""))
+
+
+def check_int(value: object, name: str, low: int, high: int, *, fix: str = "",
+              error: type[StyleLoRAError] = ConfigError) -> int:
+    """``value`` as an int in ``[low, high]``; bools and floats are refused (2.5 repeats is a typo)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise _fail(error, name, f"a whole number from {low} to {high}", value, fix)
+    return int(value)
+
+
+def check_float(value: object, name: str, low: float, high: float, *, low_open: bool = False, fix: str = "",
+                error: type[StyleLoRAError] = ConfigError) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    NaN passes every ``<``/``>`` check (ComfyUI's min/max included), so finiteness is tested first.
+    """
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (low < value if low_open else low <= value) and value <= high)
+    if not ok:
+        bound = f"above {low:g}" if low_open else f"at least {low:g}"
+        upper = f" and at most {high:g}" if math.isfinite(high) else ""
+        raise _fail(error, name, f"a finite number {bound}{upper}", value, fix)
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_bool(value: object, name: str, *, error: type[StyleLoRAError] = ConfigError) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(error, name, "true or false", value, "")
+    return value
+
+
+def check_text(value: object, name: str, *, error: type[StyleLoRAError] = ConfigError) -> str:
+    if not isinstance(value, str):
+        raise _fail(error, name, "text", value, "")
+    return value
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...], *,
+                 error: type[StyleLoRAError] = ConfigError) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(error, name, f"one of {', '.join(choices)}", value, "")
+    return value
+
+
+def _check_json_value(value: object, name: str) -> None:
+    """Optimizer arguments reach the optimizer as keyword arguments: plain JSON values only."""
+    if isinstance(value, (list, tuple)):
+        for element in value:
+            _check_json_value(element, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} holds {value!r}; use finite numbers only.")
+    elif value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ConfigError(f"{name} holds a {type(value).__name__}; use numbers, text, true/false or lists.")
 
 
 @dataclass(frozen=True)
@@ -43,27 +118,36 @@ class TrainConfig:
     optimizer_args: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
-        if self.rank < 1:
-            raise ConfigError(f"rank must be at least 1, got {self.rank}.")
-        if self.alpha <= 0:
-            raise ConfigError(f"alpha must be positive, got {self.alpha} (the guide uses half the rank).")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ConfigError(
-                f"Unknown LR scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}."
-            )
-        if self.learning_rate <= 0:
-            raise ConfigError("learning_rate must be positive (DAdapt and Prodigy want 1.0).")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be at least 1.")
-        if self.lr_warmup_steps < 0:
-            raise ConfigError("lr_warmup_steps cannot be negative.")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}.")
-        if self.save_precision not in SAVE_PRECISIONS:
-            raise ConfigError(f"save_precision must be one of {', '.join(SAVE_PRECISIONS)}.")
+        """Check every field (type, range, finiteness); raise ``ConfigError`` naming it and the fix."""
+        check_int(self.rank, "rank", *RANK_RANGE, fix="The guide uses 32 for SD1.5 and 64 for SDXL.")
+        check_float(self.alpha, "alpha", 0.0, ALPHA_MAX, low_open=True,
+                    fix="The guide uses half the rank (16 for rank 32).")
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        check_float(self.learning_rate, "learning_rate", 0.0, LEARNING_RATE_MAX, low_open=True,
+                    fix="Use 1.0 for DAdaptAdamW and Prodigy, about 1e-4 for AdamW, AdamW8bit and Adafactor.")
+        check_choice(self.lr_scheduler, "lr_scheduler", LR_SCHEDULERS)
+        check_int(self.lr_warmup_steps, "lr_warmup_steps", *LR_WARMUP_STEPS_RANGE, fix="0 means no warmup.")
+        check_int(self.epochs, "epochs", *EPOCHS_RANGE, fix="The guide trains 20 epochs.")
+        check_int(self.batch_size, "batch_size", *BATCH_SIZE_RANGE,
+                  fix="The guide uses 1; raise it only if memory allows.")
+        check_int(self.seed, "seed", *SEED_RANGE)
+        check_choice(self.mixed_precision, "mixed_precision", MIXED_PRECISIONS)
+        check_bool(self.gradient_checkpointing, "gradient_checkpointing")
+        check_bool(self.cache_latents, "cache_latents")
+        check_float(self.weight_decay, "weight_decay", 0.0, WEIGHT_DECAY_MAX, fix="0.01 is the usual value.")
+        check_float(self.max_grad_norm, "max_grad_norm", 0.0, math.inf,
+                    fix="1.0 is the usual value; 0 turns clipping off.")
+        check_choice(self.save_precision, "save_precision", SAVE_PRECISIONS)
+        self._check_optimizer_args()
         return self
+
+    def _check_optimizer_args(self) -> None:
+        args = self.optimizer_args
+        if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
+            raise ConfigError(f"optimizer_args must map argument names to values, e.g. {{\"betas\": [0.9, 0.99]}}; "
+                              f"got {args!r}.")
+        for key, value in args.items():
+            _check_json_value(value, f"optimizer_args[{key!r}]")
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,7 +187,7 @@ def apply_preset(config: TrainConfig, preset_name: str) -> TrainConfig:
     """Return ``config`` with the preset's values; the custom preset leaves it unchanged."""
     if preset_name == CUSTOM_PRESET:
         return config
-    if preset_name not in PRESETS:
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise ConfigError(f"Unknown preset {preset_name!r}; choose one of {', '.join(PRESET_NAMES)}.")
     return dataclasses.replace(config, **PRESETS[preset_name].overrides)
 

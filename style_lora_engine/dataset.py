@@ -9,17 +9,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .buckets import BucketSettings, assign_bucket
+from .config import check_bool, check_int
 from .errors import DatasetError, StyleLoRAError
 from .images import IMAGE_EXTENSIONS, is_image_file, open_image_rgb
 from .shuffle import ShuffleSettings
 
 MIN_REPEATS = 1
 MAX_REPEATS = 100
+MIN_RESOLUTION = 8  # the tiny test models train at 32 px; the node's widget starts at 32
+MAX_RESOLUTION = 4096
+# Loose sanity bounds for the bucket options (the node's widgets are narrower): a huge max_bucket_size
+# arriving over a link would make the bucket list loop for minutes.
+MAX_BUCKET_SIZE = 16384
+_CAPTION_EXTENSION = re.compile(r"\.[A-Za-z0-9_]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -96,16 +104,29 @@ class Dataset:
         }
 
 
-def normalize_caption_extension(extension: str) -> str:
-    """Accept ``"txt"`` or ``".txt"``; refuse anything that is not a plain extension."""
-    ext = extension.strip()
-    if not ext.startswith("."):
-        ext = "." + ext
-    if len(ext) < 2 or any(ch in ext for ch in "/\\") or ext.count(".") != 1:
-        raise DatasetError(
-            f"Caption extension {extension!r} is not a file extension; use something like '.txt' or '.caption'."
-        )
-    return ext
+def check_caption_extension(value: object) -> str:
+    """The caption extension as ``.xyz``: a dot then 1-16 ASCII letters, digits or '_', not digits
+    only. ``"txt"`` and ``" .txt "`` are completed to ``".txt"`` (older workflows wrote it so).
+
+    Anything else is refused rather than repaired, the fix in the message: the extension becomes part
+    of every caption file name, so ``../x`` or ``.a/b`` would point outside the dataset folder, and a
+    number sent over the API (``7``) would quietly look for other files (``img0.7``). One rule for the
+    loader, the caption editor and the canvas routes (``captions`` exports it for them).
+    """
+    if isinstance(value, str):
+        bare = value.strip()
+        bare = bare[1:] if bare.startswith(".") else bare
+        if _CAPTION_EXTENSION.fullmatch("." + bare) and not bare.isdigit():
+            return "." + bare
+    raise DatasetError(
+        f"caption_extension {value!r} is not a file extension. Set the caption_extension widget to a dot "
+        "followed by 1-16 letters, digits or '_' (not only digits), such as '.txt' or '.caption'."
+    )
+
+
+def normalize_caption_extension(extension: object) -> str:
+    """Kept for older callers: the same check as :func:`check_caption_extension`."""
+    return check_caption_extension(extension)
 
 
 def normalize_caption(text: str) -> str:
@@ -133,8 +154,8 @@ def read_caption_file(path: Path) -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(
-            f"Caption file {path} is not valid UTF-8 (byte {exc.start}). Open it in a text editor and "
-            "save it with UTF-8 encoding."
+            f"Caption file {path} is not valid UTF-8 (byte {exc.start}). Re-save it as UTF-8: open it in a "
+            "text editor and save it with UTF-8 encoding."
         ) from exc
     return normalize_caption(text)
 
@@ -161,6 +182,49 @@ def dataset_images(folder: Path) -> list[Path]:
     return [p for p in _list_folder(folder) if _is_dataset_image(p)]
 
 
+def _stat_line(path: Path) -> bytes:
+    try:
+        st = path.stat()
+    except OSError:
+        return os.fsencode(f"{path.name}\0missing\n")
+    # A link's target is part of what is read, so a retargeted link changes the signature too.
+    target = os.path.realpath(path) if path.is_symlink() else ""
+    return os.fsencode(f"{path.name}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\0{target}\n")
+
+
+def folder_signature(folder: str | os.PathLike[str], caption_extension: str) -> str:
+    """A digest of what :func:`load_dataset` would read from ``folder``: the names, sizes and
+    modification times (ns) of its images and their caption files, where links point, plus the
+    folder's resolved path and the caption extension.
+
+    Stat calls only, no image bytes: cheap enough for ComfyUI to call before every queue (a node's
+    ``IS_CHANGED``), so added, removed or edited images and captions are noticed. Raises
+    ``DatasetError`` for a folder that cannot be listed or a bad caption extension.
+    """
+    ext = check_caption_extension(caption_extension)
+    folder_path = Path(folder).expanduser()
+    digest = hashlib.sha256(os.fsencode(f"{folder_path.resolve()}\0{ext}\n"))
+    for image in dataset_images(folder_path):
+        digest.update(_stat_line(image))
+        digest.update(_stat_line(image.with_name(image.stem + ext)))
+    return digest.hexdigest()
+
+
+def _link_outside_error(path: Path, root: Path) -> DatasetError | None:
+    """Why ``path`` (an entry of the dataset folder ``root``, resolved) must not be read, if it leads
+    outside ``root``: a shared workflow or dataset could otherwise train on any file of the machine."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop
+        return DatasetError(f"Cannot follow the link {path} ({exc}); replace it with the file itself.")
+    if target == root or root in target.parents:
+        return None
+    return DatasetError(
+        f"Refusing to read {path}: it is a link to {target}, outside the dataset folder; copy the file "
+        "into the folder instead."
+    )
+
+
 def caption_file_of(image_path: Path, caption_extension: str) -> Path:
     """``image_path``'s caption file (same stem, next to it); refuses a folder of that name."""
     caption_path = image_path.with_name(image_path.stem + caption_extension)
@@ -182,57 +246,38 @@ def load_dataset(
     """Scan the top level of ``folder`` (no subfolders, no hidden files) in sorted name order.
 
     Every image is decoded once (to validate it and hash its pixels), so a broken file is
-    reported now, not halfway through training.
+    reported now, not halfway through training. An image or caption file that cannot be used (not
+    decodable, a caption not in UTF-8, a link leading outside the folder) raises ``DatasetError``
+    naming it, or with ``skip_unreadable`` leaves that image out and is listed in ``skipped``.
     """
-    folder_path = Path(folder).expanduser()
+    if not isinstance(folder, (str, os.PathLike)):
+        raise DatasetError(f"folder must be text (the path of a folder with your training images), got {folder!r}.")
     if not str(folder).strip():
         raise DatasetError("No dataset folder given; enter the path of a folder with your training images.")
+    folder_path = Path(folder).expanduser()
     if not folder_path.exists():
         raise DatasetError(f"Dataset folder {folder_path} does not exist; check the path (use an absolute path).")
     if not folder_path.is_dir():
         raise DatasetError(f"{folder_path} is a file, not a folder; give the folder that holds the images.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or not MIN_REPEATS <= repeats <= MAX_REPEATS:
-        raise DatasetError(
-            f"repeats must be a whole number from {MIN_REPEATS} to {MAX_REPEATS}, got {repeats!r} "
-            "(the guide repeats each image about 10 times, 8-20 is the useful range)."
-        )
-    if not isinstance(resolution, int) or resolution < 8:
-        raise DatasetError(f"resolution must be at least 8 pixels, got {resolution!r} (SD1.5 uses 512, SDXL 1024).")
-    ext = normalize_caption_extension(caption_extension)
+    check_int(repeats, "repeats", MIN_REPEATS, MAX_REPEATS, error=DatasetError,
+              fix="The guide repeats each image about 10 times; 8-20 is the useful range.")
+    _check_resolution(resolution)
+    ext = check_caption_extension(caption_extension)
+    _check_buckets(buckets)
+    check_bool(skip_unreadable, "skip_unreadable", error=DatasetError)
     buckets.effective(resolution)  # validate the bucket settings before the slow scan
 
     entries = _list_folder(folder_path)
-    image_paths = [p for p in entries if _is_dataset_image(p)]
-
+    root = folder_path.resolve()
     items: list[DatasetItem] = []
     skipped: list[tuple[Path, str]] = []
-    for image_path in image_paths:
+    for image_path in (p for p in entries if _is_dataset_image(p)):
         try:
-            rgb = open_image_rgb(image_path)
+            items.append(_load_item(image_path, root, ext, resolution, buckets))
         except DatasetError as exc:
             if not skip_unreadable:
                 raise
             skipped.append((image_path, str(exc)))
-            continue
-        width, height = rgb.size
-        pixel_hash = _pixel_hash(rgb)
-        rgb.close()
-        caption_path = caption_file_of(image_path, ext)
-        missing = not caption_path.is_file()
-        caption = "" if missing else read_caption_file(caption_path)
-        items.append(
-            DatasetItem(
-                image_path=image_path,
-                caption_path=caption_path,
-                caption=caption,
-                original_caption=caption,
-                width=width,
-                height=height,
-                bucket=assign_bucket(width, height, resolution, buckets),
-                pixel_hash=pixel_hash,
-                caption_missing=missing,
-            )
-        )
 
     if not items:
         raise _no_images_error(folder_path, entries, skipped)
@@ -247,11 +292,58 @@ def load_dataset(
     )
 
 
+def _check_resolution(resolution: object) -> None:
+    pixels = check_int(resolution, "resolution", MIN_RESOLUTION, MAX_RESOLUTION, error=DatasetError,
+                       fix="SD1.5 trains at 512, SDXL at 1024.")
+    if pixels % 8:
+        raise DatasetError(f"resolution must be a multiple of 8 (the VAE works in 8-pixel blocks), got "
+                           f"{resolution}; SD1.5 trains at 512, SDXL at 1024.")
+
+
+def _check_buckets(buckets: BucketSettings) -> None:
+    """The bucket options by their widget names (BucketSettings.effective checks how they combine)."""
+    check_bool(buckets.enabled, "enable_bucket", error=DatasetError)
+    check_bool(buckets.no_upscale, "bucket_no_upscale", error=DatasetError)
+    check_int(buckets.min_size, "min_bucket_size", 8, MAX_BUCKET_SIZE, error=DatasetError, fix="256 is usual.")
+    check_int(buckets.max_size, "max_bucket_size", 8, MAX_BUCKET_SIZE, error=DatasetError,
+              fix="1024 is usual for SD1.5, 2048 for SDXL.")
+    check_int(buckets.step, "bucket_step", 8, MAX_BUCKET_SIZE, error=DatasetError, fix="64 is usual (kohya).")
+    if buckets.step % 8:
+        raise DatasetError(f"bucket_step must be a multiple of 8 (the VAE works in 8-pixel blocks), got "
+                           f"{buckets.step}; 64 is usual (kohya).")
+
+
+def _load_item(image_path: Path, root: Path, ext: str, resolution: int, buckets: BucketSettings) -> DatasetItem:
+    """One image and its caption; ``DatasetError`` naming the file if either cannot be used."""
+    caption_path = caption_file_of(image_path, ext)
+    for path in (image_path, caption_path):
+        refusal = _link_outside_error(path, root)
+        if refusal is not None:
+            raise refusal
+    rgb = open_image_rgb(image_path)
+    width, height = rgb.size
+    pixel_hash = _pixel_hash(rgb)
+    rgb.close()
+    missing = not caption_path.is_file()
+    caption = "" if missing else read_caption_file(caption_path)
+    return DatasetItem(
+        image_path=image_path,
+        caption_path=caption_path,
+        caption=caption,
+        original_caption=caption,
+        width=width,
+        height=height,
+        bucket=assign_bucket(width, height, resolution, buckets),
+        pixel_hash=pixel_hash,
+        caption_missing=missing,
+    )
+
+
 def _no_images_error(folder: Path, entries: list[Path], skipped: list[tuple[Path, str]]) -> DatasetError:
     if skipped:
+        # The first reason names the file and its fix (an image to re-save, a caption not in UTF-8, a link).
         return DatasetError(
-            f"All {len(skipped)} images in {folder} are unreadable (first: {skipped[0][0].name}). "
-            "Re-save them as PNG or JPEG."
+            f"All {len(skipped)} images in {folder} were skipped as unreadable. The first: {skipped[0][1]}"
         )
     exts = ", ".join(IMAGE_EXTENSIONS)
     subfolders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]

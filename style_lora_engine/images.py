@@ -30,22 +30,34 @@ def _unreadable(path: Path, exc: BaseException) -> DatasetError:
     )
 
 
-def open_image_rgb(path: str | os.PathLike[str]) -> Image.Image:
+def _too_large(path: Path, exc: BaseException) -> DatasetError:
+    return DatasetError(
+        f"Image {path} is too large to open safely ({exc}). Downscale it (a few thousand "
+        "pixels per side is plenty) or remove it from the dataset folder."
+    )
+
+
+# Pillow refuses more than twice Image.MAX_IMAGE_PIXELS and warns above it; the warning is raised
+# instead where warnings are errors, so it means "too large" too.
+_TOO_LARGE = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def open_image_rgb(path: str | os.PathLike[str], *, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` fully and return an upright 8-bit RGB image.
 
     Transparent pixels are composited on white (what a viewer shows, and what kohya does), so
-    cut-out PNGs do not train black backgrounds into the style.
+    cut-out PNGs do not train black backgrounds into the style. ``draft`` (for previews) lets a
+    JPEG decode at a reduced scale that still covers that size; other formats ignore it.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if draft is not None:
+                img.draft("RGB", draft)
             img.load()
             upright = _exif_upright(img)
-    except Image.DecompressionBombError as exc:
-        raise DatasetError(
-            f"Image {path} is too large to open safely ({exc}). Downscale it (a few thousand "
-            "pixels per side is plenty) or remove it from the dataset folder."
-        ) from exc
+    except _TOO_LARGE as exc:
+        raise _too_large(path, exc) from exc
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, EOFError) as exc:
         raise _unreadable(path, exc) from exc
     try:
@@ -103,6 +115,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             except Exception:  # same as open_image_rgb: bad EXIF means "upright"
                 orientation = 1
+    except _TOO_LARGE as exc:
+        raise _too_large(path, exc) from exc
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, EOFError) as exc:
         raise _unreadable(path, exc) from exc
     if orientation in _SWAPPING_ORIENTATIONS:

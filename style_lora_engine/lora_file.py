@@ -39,34 +39,89 @@ _PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v", "v": "v"}
 # names
 
 
-def sanitize_name(name: str) -> str:
-    """A safe file stem from a user-typed LoRA name.
+def _clean_stem(stem: str) -> tuple[str, list[str]]:
+    """``stem`` made safe as a file or folder name ('' if nothing usable is left), and what changed."""
+    changes = []
+    safe = _UNSAFE_CHARS.sub("_", stem)
+    if safe != stem:
+        changes.append("changed to use only letters, digits, '_', '-', '.' and spaces")
+    undotted = re.sub(r"\.{2,}", ".", safe).lstrip(". ")  # no ".." anywhere, no hidden files
+    cut = undotted[:MAX_NAME_LENGTH]
+    out = cut.rstrip(". ")  # Windows drops trailing dots/spaces
+    if undotted != safe or out != cut:
+        changes.append("stripped of repeated dots and of dots or spaces at its start or end")
+    if len(undotted) > MAX_NAME_LENGTH:
+        changes.append(f"shortened to {MAX_NAME_LENGTH} characters")
+    if not out.strip("_-"):
+        return "", changes
+    if out.split(".")[0].upper() in _WINDOWS_RESERVED:
+        out = "_" + out[: MAX_NAME_LENGTH - 1]
+        changes.append("given a leading '_' (Windows reserves names like CON and NUL)")
+    return out, changes
 
-    Path-like names (``a/b``, ``/abs``, ``../x``, ``..``) are refused rather than silently
-    rewritten: the user meant a location, and the output folder is chosen elsewhere.
-    """
+
+def _change_note(saved: str, changes: list[str], what: str = "name") -> str:
+    return f"saved as {saved!r} (the {what} was {'; '.join(changes)})" if changes else ""
+
+
+def explain_sanitized_name(name: object, field: str = "name") -> tuple[str, str]:
+    """:func:`sanitize_name` and a note saying how the name was changed ('' if only the spaces around
+    it or a '.safetensors' ending were dropped), e.g. "saved as 'x' (the name was shortened to 100
+    characters)": a node shows it so a changed name is never a surprise. Errors name ``field``."""
     if not isinstance(name, str):
-        raise ConfigError(f"The LoRA name must be text, got {type(name).__name__}.")
+        raise ConfigError(f"{field}: the LoRA name must be text, got {type(name).__name__}.")
     stem = name.strip()
     if stem.lower().endswith(".safetensors"):
         stem = stem[: -len(".safetensors")].strip()
     if "/" in stem or "\\" in stem or stem in (".", ".."):
         raise ConfigError(
-            f"The LoRA name {name!r} looks like a path. Use a plain name such as 'my_style'; "
+            f"{field} {name!r} looks like a path. Use a plain name such as 'my_style'; "
             "files are always written to the output folder."
         )
-    stem = _UNSAFE_CHARS.sub("_", stem)
-    stem = re.sub(r"\.{2,}", ".", stem)  # no ".." anywhere
-    stem = stem.lstrip(". ")  # no hidden files
-    stem = stem[:MAX_NAME_LENGTH].rstrip(". ")  # Windows drops trailing dots/spaces
-    if not stem or not stem.strip("_-"):
+    safe, changes = _clean_stem(stem)
+    if not safe:
         raise ConfigError(
-            f"The LoRA name {name!r} has no usable characters. Use letters, digits, '_', '-', '.' or spaces, "
+            f"{field} {name!r} has no usable characters. Use letters, digits, '_', '-', '.' or spaces, "
             "e.g. 'my_style'."
         )
-    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:
-        stem = "_" + stem[: MAX_NAME_LENGTH - 1]
-    return stem
+    return safe, _change_note(safe, changes)
+
+
+def sanitize_name(name: str, field: str = "name") -> str:
+    """A safe file stem from a user-typed LoRA name (``field``: the option it came from, for errors).
+
+    Path-like names (``a/b``, ``/abs``, ``../x``, ``..``) are refused rather than silently
+    rewritten: the user meant a location, and the output folder is chosen elsewhere.
+    """
+    return explain_sanitized_name(name, field)[0]
+
+
+def sanitize_subfolder(subfolder: object, field: str = "subfolder") -> tuple[tuple[str, ...], str]:
+    """The folders of a user-typed subfolder inside the loras folder (none for ''), each made safe like
+    a name, and a note if that changed them. Absolute paths, drives, '..' and NUL are refused: they
+    mean a place outside the loras folder, which must not be rewritten into one inside it."""
+    if not isinstance(subfolder, str):
+        raise ConfigError(f"{field} must be text (a folder inside the loras folder), got {subfolder!r}.")
+    text = subfolder.strip()
+    fix = "Use a folder inside the loras folder such as 'styles' or 'styles/sd15', or leave it empty."
+    if "\0" in text:
+        raise ConfigError(f"{field} {subfolder!r} contains a NUL character. {fix}")
+    unified = text.replace("\\", "/")
+    if unified.startswith("/") or re.match(r"[A-Za-z]:", unified):
+        raise ConfigError(f"{field} {subfolder!r} is an absolute path (or names a drive); LoRAs are always "
+                          f"saved in the loras folder. {fix}")
+    parts = [p.strip() for p in unified.split("/") if p.strip() not in ("", ".")]
+    if ".." in parts:
+        raise ConfigError(f"{field} {subfolder!r} leads out of the loras folder ('..'). {fix}")
+    safe_parts, changes = [], []
+    for part in parts:
+        safe, part_changes = _clean_stem(part)
+        if not safe:
+            raise ConfigError(f"{field} {subfolder!r}: the folder name {part!r} has no usable characters. "
+                              f"Use letters, digits, '_', '-', '.' or spaces. {fix}")
+        safe_parts.append(safe)
+        changes.extend(c for c in part_changes if c not in changes)
+    return tuple(safe_parts), _change_note("/".join(safe_parts), changes, "subfolder")
 
 
 def epoch_file_name(name: str, epoch: int) -> str:

@@ -1,8 +1,10 @@
 """Resume state after each finished epoch: safetensors for tensors, JSON for the rest (no pickle).
 
-Two files per run folder, written atomically in this order: ``resume.safetensors`` then
-``resume.json``. The JSON names the epoch it belongs to and so does the safetensors header, so a
-crash between the two writes is detected (the pair disagrees) and the older pair is not mixed up.
+One file per run folder, ``resume.safetensors``: the tensors, with the JSON document (epoch, step,
+optimizer and scheduler structure, history) in its header. One atomic rename replaces it, so a kill
+at any instant leaves either the previous epoch's complete state or the new one, never a mix.
+(Format 1 kept the JSON in a second file, ``resume.json``; a torn pair could not be told from a lost
+one. It is still read when the pair agrees, and removed once a format-2 state is written.)
 
 :class:`ResumeWriter` takes a snapshot (copies of the tensors, the JSON text) on the training thread
 and writes it on a background thread, so the next epoch starts at once instead of waiting for
@@ -18,13 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path
 
 TENSORS_FILE = "resume.safetensors"
-STATE_FILE = "resume.json"
-FORMAT_VERSION = 1
+STATE_FILE = "resume.json"  # format 1 only
+FORMAT_VERSION = 2
+_STATE_KEY = "style_lora_resume_state"
+
+
+class ResumeStateUnusable(Exception):
+    """A resume state is in the run folder but cannot be used; the message says why."""
 
 
 @dataclass
@@ -83,7 +91,6 @@ class ResumeSnapshot:
 
     tensors: dict[str, torch.Tensor]
     header: dict[str, str]
-    json_text: str
 
 
 def snapshot_resume_state(state: ResumeState) -> ResumeSnapshot:
@@ -102,13 +109,15 @@ def snapshot_resume_state(state: ResumeState) -> ResumeSnapshot:
         "scheduler": scheduler,
         "history": state.history,
     }
-    return ResumeSnapshot(tensors, {"epoch": str(state.epoch), "fingerprint": state.fingerprint}, json.dumps(doc))
+    header = {"epoch": str(state.epoch), "fingerprint": state.fingerprint, _STATE_KEY: json.dumps(doc)}
+    return ResumeSnapshot(tensors, header)
 
 
 def write_resume_snapshot(folder: Path, snapshot: ResumeSnapshot) -> None:
     with atomic_path(Path(folder) / TENSORS_FILE) as tmp:
         save_file(snapshot.tensors, str(tmp), metadata=snapshot.header)  # straight to the file: no bytes copy
-    atomic_write_text(Path(folder) / STATE_FILE, snapshot.json_text)
+    # A format-1 JSON beside it would be stale now; the new file alone is the state.
+    (Path(folder) / STATE_FILE).unlink(missing_ok=True)
 
 
 def save_resume_state(folder: Path, state: ResumeState) -> None:
@@ -151,30 +160,45 @@ class ResumeWriter:
 
 
 def load_resume_state(folder: Path, fingerprint: str) -> ResumeState | None:
-    """The saved state if it belongs to this run configuration and is complete, else None."""
-    state_path, tensors_path = folder / STATE_FILE, folder / TENSORS_FILE
-    if not (state_path.is_file() and tensors_path.is_file()):
+    """The saved state of this run, or None when the folder has none.
+
+    Raises :class:`ResumeStateUnusable` when a state is there but cannot be used (unreadable, of
+    another run or format, or a format-1 pair that disagrees): the caller decides whether starting
+    over is safe, since that would rewrite finished epochs.
+    """
+    tensors_path = Path(folder) / TENSORS_FILE
+    if not tensors_path.is_file():
+        if (Path(folder) / STATE_FILE).is_file():
+            raise ResumeStateUnusable(f"{TENSORS_FILE} is missing beside {STATE_FILE}")
         return None
     try:
-        doc = json.loads(state_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensors_path))
-        from safetensors import safe_open
-
         with safe_open(str(tensors_path), framework="pt") as f:
             header = f.metadata() or {}
-    except (OSError, ValueError, RuntimeError):
-        return None  # unreadable state: start over rather than guess
-    if (doc.get("format") != FORMAT_VERSION or doc.get("fingerprint") != fingerprint
-            or header.get("epoch") != str(doc.get("epoch"))):
-        return None
-    lora = {k: tensors[f"lora.{k}"] for k in doc["lora_keys"]}
-    return ResumeState(
-        fingerprint=fingerprint,
-        epoch=int(doc["epoch"]),
-        global_step=int(doc["global_step"]),
-        lora=lora,
-        optimizer=_join_tensors(doc["optimizer"], tensors),
-        scheduler=_join_tensors(doc["scheduler"], tensors),
-        noise_rng=tensors["rng.noise"],
-        history=doc.get("history", {}),
-    )
+        tensors = load_file(str(tensors_path))
+        text = header.get(_STATE_KEY)
+        if text is None:  # format 1: the JSON is in its own file
+            text = (Path(folder) / STATE_FILE).read_text(encoding="utf-8")
+        doc = json.loads(text)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise ResumeStateUnusable(f"{tensors_path.name} cannot be read ({exc})") from exc
+    if doc.get("format") not in (1, FORMAT_VERSION):
+        raise ResumeStateUnusable(f"{tensors_path.name} has format {doc.get('format')!r}, not one this version reads")
+    if doc.get("fingerprint") != fingerprint:
+        raise ResumeStateUnusable(f"{tensors_path.name} belongs to other settings")
+    if header.get("epoch") != str(doc.get("epoch")):
+        raise ResumeStateUnusable(f"{TENSORS_FILE} (epoch {header.get('epoch')}) and {STATE_FILE} "
+                                  f"(epoch {doc.get('epoch')}) disagree")
+    try:
+        lora = {k: tensors[f"lora.{k}"] for k in doc["lora_keys"]}
+        return ResumeState(
+            fingerprint=fingerprint,
+            epoch=int(doc["epoch"]),
+            global_step=int(doc["global_step"]),
+            lora=lora,
+            optimizer=_join_tensors(doc["optimizer"], tensors),
+            scheduler=_join_tensors(doc["scheduler"], tensors),
+            noise_rng=tensors["rng.noise"],
+            history=doc.get("history", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeStateUnusable(f"{tensors_path.name} is incomplete ({exc!r})") from exc

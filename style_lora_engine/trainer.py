@@ -4,10 +4,16 @@ Per run: cache latents, inject LoRA (peft) into the backend's U-Net, then for ea
 through every image ``repeats`` times in bucket-sized batches, shuffling captions per step.
 After each epoch the LoRA is written as its own kohya-format file (atomically) and the resume
 state is saved, so a crash or Stop keeps every finished epoch and a re-run continues.
+
+A finished epoch file is never rewritten. A kill between an epoch file and its resume state leaves
+files the state does not cover: the re-run trains those epochs again from the state it has (to
+rebuild the optimizer's state) and keeps their files as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import random
@@ -22,6 +28,8 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from .atomic import atomic_write_text, remove_stale_temp_files
 from .backend import SampleGeometry, TrainingBackend, crop_geometry
@@ -29,12 +37,13 @@ from .captions import tag_frequency
 from .config import TrainConfig, fingerprint
 from .dataset import Dataset
 from .errors import StyleLoRAError, TrainingStopped
+from .folder_lock import FolderBusy, folder_lock
 from .images import open_image_rgb, prepare_image
 from .lora_file import build_metadata, epoch_file_name, list_epoch_files, save_lora_file
 from .lora_keys import find_lora_targets, peft_to_kohya
 from .memory_advice import out_of_memory_advice
 from .optimizers import build_optimizer, describe_optimizer, effective_lr
-from .resume_state import ResumeState, ResumeWriter, load_resume_state
+from .resume_state import ResumeState, ResumeStateUnusable, ResumeWriter, load_resume_state
 from .schedules import build_lr_scheduler
 from .shuffle import ShuffleSettings, shuffle_caption
 
@@ -190,11 +199,84 @@ def _train_lora(
 ) -> TrainResult:
     config.validate()
     callbacks = callbacks or TrainCallbacks()
-    say = callbacks.on_message or (lambda _msg: None)
     run_id = run_fingerprint(backend, dataset, config, output_name)
     run_dir = Path(runs_root) / f"{output_name}-{run_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(run_dir)  # a run killed mid-save (SIGKILL, power loss) left its temp file
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(run_dir))
+        except FolderBusy:
+            raise StyleLoRAError(
+                f"Another training run is writing {run_dir} right now (the same settings and output name, from "
+                "a second ComfyUI or a headless run on the same output folder). Wait for it to finish and "
+                "queue again (this run then resumes from its epochs), or change output_name.") from None
+        remove_stale_temp_files(run_dir)  # a run killed mid-save (SIGKILL, power loss) left its temp file
+        _remove_temp_files_of_idle_runs(Path(runs_root), run_dir)
+        try:
+            return _train_in_folder(backend, dataset, config, run_dir=run_dir, run_id=run_id,
+                                    output_name=output_name, callbacks=callbacks,
+                                    training_comment=training_comment)
+        except (OSError, SafetensorError) as exc:
+            raise StyleLoRAError(_write_failure_message(exc, run_dir, output_name)) from exc
+
+
+def _remove_temp_files_of_idle_runs(runs_root: Path, current: Path) -> None:
+    """Temp files that kills left in other run folders (other settings, older runs): only in folders no
+    run holds now, under that folder's lock."""
+    with contextlib.suppress(OSError):
+        for folder in runs_root.iterdir():
+            if folder == current or not folder.is_dir() or not any(folder.glob(".*.tmp")):
+                continue
+            with contextlib.suppress(FolderBusy, OSError), folder_lock(folder):
+                remove_stale_temp_files(folder)
+
+
+def _write_failure_message(exc: BaseException, run_dir: Path, output_name: str) -> str:
+    text = str(exc)
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in text \
+        or "No space left" in text
+    finished = sorted(list_epoch_files(run_dir, output_name))
+    if not finished:
+        kept = f"No epoch had finished yet ({run_dir})"
+    elif len(finished) == 1:
+        kept = f"Finished epoch {finished[0]} is kept in {run_dir}"
+    else:
+        kept = f"Finished epochs {_epoch_list(finished)} are kept in {run_dir}"
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if full:
+        return (f"The disk is full: training could not write{where} {text}. {kept}. Free some space on the "
+                "disk holding that folder and queue again: the run resumes after its last finished epoch.")
+    return (f"Training could not read or write a file{where}: {text}. {kept}. Fix the cause (permissions, a "
+            "removed disk) and queue again: the run resumes after its last finished epoch.")
+
+
+def _epoch_list(epochs: list[int]) -> str:
+    if len(epochs) > 2 and epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"{epochs[0]}-{epochs[-1]}"
+    return ", ".join(str(e) for e in epochs)
+
+
+def _usable_resume_state(run_dir: Path, run_id: str, say: Callable[[str], None]) -> ResumeState | None:
+    try:
+        return load_resume_state(run_dir, run_id)
+    except ResumeStateUnusable as exc:
+        say(f"The resume state in {run_dir} cannot be used: {exc}. Training starts again from epoch 1; "
+            "epoch files already finished are kept as they are.")
+        return None
+
+
+def _train_in_folder(
+    backend: TrainingBackend,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    run_dir: Path,
+    run_id: str,
+    output_name: str,
+    callbacks: TrainCallbacks,
+    training_comment: str,
+) -> TrainResult:
+    say = callbacks.on_message or (lambda _msg: None)
     atomic_write_text(run_dir / "config.json", json.dumps(
         {"output_name": output_name, "arch": backend.arch, "model": backend.model_name,
          "config": config.to_json_dict(), "dataset": dataset.summary()}, indent=2, default=str))
@@ -202,18 +284,27 @@ def _train_lora(
     spe = steps_per_epoch(dataset, config.batch_size)
     total_steps = spe * config.epochs
     result = TrainResult(run_dir, output_name, backend.arch, config, {}, steps_per_epoch=spe)
-    resume = load_resume_state(run_dir, run_id)
-    existing = list_epoch_files(run_dir, output_name)
+    resume = _usable_resume_state(run_dir, run_id, say)
+    done = resume.epoch if resume is not None else 0
+    existing = {e: p for e, p in list_epoch_files(run_dir, output_name).items() if e <= config.epochs}
     if resume is not None:
         result.resumed_from_epoch = resume.epoch
         result.losses = list(resume.history.get("losses", []))
         result.lrs = list(resume.history.get("lrs", []))
         result.dlrs = list(resume.history.get("dlrs", []))
         result.epoch_end_steps = list(resume.history.get("epoch_end_steps", []))
-        result.epoch_files = {e: p for e, p in existing.items() if e <= resume.epoch}
-        if resume.epoch >= config.epochs:
-            say(f"All {config.epochs} epochs already trained in {run_dir}; nothing to do.")
-            return result
+    result.epoch_files = {e: p for e, p in existing.items() if e <= done}
+    if all(e in existing for e in range(done + 1, config.epochs + 1)):
+        result.epoch_files = dict(existing)
+        say(f"All {config.epochs} epochs already trained in {run_dir}; nothing to do.")
+        return result
+    # Finished before their resume state was written (a kill then): trained again, files kept.
+    kept = {e: p for e, p in existing.items() if e > done}
+    if kept:
+        say(f"Epoch(s) {_epoch_list(sorted(kept))} finished but the resume state covers epoch {done} only "
+            f"(training was killed while it was written): training them again to rebuild the optimizer's "
+            "state; their files are kept unchanged.")
+    elif resume is not None:
         say(f"Resuming from epoch {resume.epoch} of {config.epochs} ({run_dir}).")
 
     dtype = resolve_dtype(config.mixed_precision, backend.device)
@@ -310,9 +401,12 @@ def _train_lora(
             result.epoch_end_steps.append(global_step)
             peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
             path = run_dir / epoch_file_name(output_name, epoch)
-            save_lora_file(path, _kohya_tensors(peft_state, backend, config),
-                           _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
-                                     training_comment, session_id, started_at))
+            tensors = _kohya_tensors(peft_state, backend, config)
+            if epoch in kept and path.is_file():
+                say(_kept_epoch_message(path, tensors))
+            else:
+                save_lora_file(path, tensors, _metadata(backend, dataset, config, shuffle, output_name, epoch,
+                                                        global_step, spe, training_comment, session_id, started_at))
             # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
             # of optimizer state, is snapshotted here and written while the next epoch trains.
             resume_writer.submit(run_dir, ResumeState(
@@ -347,6 +441,18 @@ def _train_lora(
                 lora_model.unload()  # put the original layers back: the user's model is unchanged
             backend.end_training()
     return result
+
+
+def _kept_epoch_message(path: Path, retrained: dict[str, torch.Tensor]) -> str:
+    """Whether training the epoch again gave the kept file's weights (bit for bit on CPU; GPU kernels
+    need not be deterministic), so the log says what the later epochs build on."""
+    try:
+        kept = load_file(str(path))
+        same = kept.keys() == retrained.keys() and all(torch.equal(kept[k], retrained[k]) for k in kept)
+    except (OSError, SafetensorError):
+        same = False
+    detail = "the same weights as before" if same else "weights that differ slightly from the kept file"
+    return f"{path.name} is kept unchanged (training it again gave {detail})."
 
 
 def _kohya_tensors(peft_state, backend: TrainingBackend, config: TrainConfig) -> dict[str, torch.Tensor]:

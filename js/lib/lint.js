@@ -97,6 +97,11 @@ const SHORT_LABELS = {
   caption_short: "too short",
   caption_long: "long",
   caption_truncated: "too long",
+  caption_unreadable: "caption unreadable",
+  image_too_large: "too large",
+  image_huge: "very large",
+  image_unreadable: "unreadable",
+  image_outside: "link outside",
 };
 
 /** Badges for one image: [{level, label, title}], e.g. "too short", "~80 tok". */

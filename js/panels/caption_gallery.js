@@ -333,14 +333,16 @@ export class CaptionGallery {
     if (!row) return;
     const missing = !item.has_caption_file && !normalizeCaption(item.final);
     const result = this.lint.issuesFor(item.final, { missing, captionFile: item.caption_file ?? "" });
-    item.issues = result.issues;
+    // The image's own problems (too large, unreadable, a link outside the folder) come with the listing.
+    const issues = [...(item.problems ?? []), ...result.issues];
+    item.issues = issues;
     item.tokens = result.tokens;
     item.lintExact = result.exact;
-    const list = badges(result.issues, result.tokens, { tokenLimit: this.lint.tokenLimit });
+    const list = badges(issues, result.tokens, { tokenLimit: this.lint.tokenLimit });
     if (item.override !== null) list.unshift({ level: "edited", label: "edited", title: "Hand-edited in this workflow (edits JSON)" });
     row.badgeBox.replaceChildren(...list.map((b) => el("span", { class: `slt-badge slt-${b.level}`, text: b.label,
       title: b.title + (result.exact ? "" : "\n(estimate until the server's exact count arrives)") })));
-    row.row.dataset.level = worstLevel(result.issues);
+    row.row.dataset.level = worstLevel(issues);
   }
 
   applyVisibility() {

@@ -4,6 +4,7 @@ training history the live panel redraws from after a page reload. No ComfyUI nee
 import asyncio
 import io
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -122,8 +123,10 @@ def test_two_images_sharing_a_caption_file_are_refused(roots):
 
 def test_a_folder_named_like_a_caption_file_is_refused_with_the_fix(roots):
     (roots / "input" / "style" / "img2.txt").mkdir()
-    with pytest.raises(StyleLoRAError, match="img2.txt is a folder.*Rename or remove"):
-        gallery.dataset_listing("style")
+    # The listing still lists every image; the problem is on the one image it belongs to.
+    items = gallery.dataset_listing("style")["items"]
+    assert [p["code"] for i in items for p in i["problems"]] == ["caption_unreadable"]
+    assert re.search("img2.txt is a folder.*Rename or remove", items[2]["problems"][0]["message"])
     with pytest.raises(StyleLoRAError, match="Rename or remove"):
         gallery.write_caption_files("style", ".txt", {"img2.png": "a blue box"})
 

@@ -66,6 +66,25 @@ class ComfyServer:
                 time.sleep(0.5)
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer ends it: no cleanup runs in ComfyUI."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def restart(self, timeout: float = 180.0) -> None:
+        """Start again on the same folders (models, input, output), on a new port; the old log is kept
+        beside the new one as ``comfyui.log.<n>``."""
+        self.stop()
+        self.restarts = getattr(self, "restarts", 0) + 1
+        if self.log_path.exists():
+            self.log_path.rename(self.log_path.with_name(f"{self.log_path.name}.{self.restarts}"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start(timeout)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -164,3 +164,22 @@ def test_tag_frequency(tmp_path: Path) -> None:
     assert list(tag_frequency(ds)) == ["c", "b", "a", "d"]
     piped = ds.with_captions(["x | y", "y", ""])
     assert tag_frequency(piped, separator="|") == {"y": 2, "x": 1}
+
+
+@pytest.mark.parametrize("key", ["prefix", "suffix", "find", "replace"])
+def test_caption_edits_refuse_non_text_naming_the_widget(key: str) -> None:
+    with pytest.raises(StyleLoRAError, match=f"{key} must be text"):
+        CaptionEdits(**{key: 7})
+    with pytest.raises(StyleLoRAError, match="edits must be text"):
+        CaptionEdits.from_json(7)  # type: ignore[arg-type]
+
+
+def test_write_captions_checks_the_caption_extension(tmp_path: Path) -> None:
+    import dataclasses
+
+    from style_lora_trainer.style_lora_engine.captions import check_caption_extension
+
+    assert check_caption_extension(".txt") == ".txt"  # exported here for the nodes and the canvas routes
+    ds = dataclasses.replace(make_dataset(tmp_path), caption_extension="../x")
+    with pytest.raises(StyleLoRAError, match="caption_extension"):
+        write_captions(ds.with_captions(["one", "two", "three"]))

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.dataset import (
     Dataset,
+    check_caption_extension,
+    folder_signature,
     load_dataset,
     normalize_caption,
     normalize_caption_extension,
@@ -81,7 +84,7 @@ def test_caption_bom_and_normalisation(tmp_path: Path) -> None:
     folder.mkdir()
     make_image(folder / "x.png")
     (folder / "x.caption").write_bytes("\ufeffsepia photograph,\n  storefront   with\tmannequins \r\n\nby Atget\n".encode())
-    ds = load_dataset(folder, caption_extension="caption", resolution=64)
+    ds = load_dataset(folder, caption_extension=".caption", resolution=64)
     assert ds.caption_extension == ".caption"
     assert ds.items[0].caption == "sepia photograph, storefront with mannequins, by Atget"
 
@@ -94,9 +97,9 @@ def test_normalize_caption() -> None:
 
 
 def test_caption_extension_validation() -> None:
-    assert normalize_caption_extension("txt") == ".txt"
     assert normalize_caption_extension(".txt") == ".txt"
-    for bad in ["", ".", "../x", "a/b", ".tar.gz"]:
+    assert normalize_caption_extension("txt") == normalize_caption_extension(" .txt ") == ".txt"
+    for bad in ["", ".", "../x", "a/b", ".tar.gz", "7", ".7"]:
         with pytest.raises(DatasetError):
             normalize_caption_extension(bad)
 
@@ -212,3 +215,147 @@ def test_dataset_type_exported() -> None:
     assert fields == {
         "folder", "items", "repeats", "resolution", "caption_extension", "buckets", "skipped", "shuffle",
     }
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+def _two_image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "sig"
+    folder.mkdir()
+    make_image(folder / "a.png")
+    (folder / "a.txt").write_text("a red square", encoding="utf-8")
+    make_image(folder / "b.png", color=(1, 2, 3))
+    return folder
+
+
+def test_folder_signature_follows_images_and_captions_and_nothing_else(tmp_path: Path) -> None:
+    folder = _two_image_folder(tmp_path)
+    first = folder_signature(folder, ".txt")
+    assert folder_signature(folder, ".txt") == first  # stable
+    (folder / "notes.md").write_text("not read")
+    (folder / ".hidden.png").write_bytes(b"not read")
+    (folder / "a.caption").write_text("another extension")
+    (folder / "sub").mkdir()
+    make_image(folder / "sub" / "nested.png")
+    assert folder_signature(folder, ".txt") == first  # files the loader does not read change nothing
+
+    make_image(folder / "c.png")  # added
+    added = folder_signature(folder, ".txt")
+    assert added != first
+    (folder / "c.png").unlink()  # removed again
+    assert folder_signature(folder, ".txt") == first
+
+    (folder / "b.txt").write_text("a caption for b", encoding="utf-8")  # a caption file appears
+    with_b = folder_signature(folder, ".txt")
+    assert with_b != first
+    (folder / "a.txt").write_text("a red square, edited", encoding="utf-8")  # size changes
+    edited = folder_signature(folder, ".txt")
+    assert edited != with_b
+    stat = (folder / "a.txt").stat()
+    os.utime(folder / "a.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # same size, newer
+    assert folder_signature(folder, ".txt") != edited
+    assert folder_signature(folder, ".caption") != folder_signature(folder, ".txt")
+
+
+def test_folder_signature_of_a_bad_folder_or_extension_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError):
+        folder_signature(tmp_path / "missing", ".txt")
+    with pytest.raises(DatasetError, match="caption_extension"):
+        folder_signature(_two_image_folder(tmp_path), "../x")
+
+
+def test_a_caption_that_is_not_utf8_is_skipped_with_skip_unreadable(tmp_path: Path) -> None:
+    folder = _two_image_folder(tmp_path)
+    (folder / "a.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DatasetError, match=r"a\.txt.*Re-save it as UTF-8"):
+        load_dataset(folder, resolution=64)
+    ds = load_dataset(folder, resolution=64, skip_unreadable=True)
+    assert [item.image_path.name for item in ds.items] == ["b.png"]
+    (path, reason), = ds.skipped
+    assert path.name == "a.png" and "a.txt" in reason and "Re-save it as UTF-8" in reason
+    (folder / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"All 1 images .* skipped.*a\.txt.*UTF-8"):
+        load_dataset(folder, resolution=64, skip_unreadable=True)
+
+
+@pytest.mark.parametrize("good", [".txt", ".caption", ".TXT", "._1", "." + "a" * 16])
+def test_check_caption_extension_accepts_plain_extensions(good: str) -> None:
+    assert check_caption_extension(good) == good
+
+
+@pytest.mark.parametrize("bad", [7, "7", ".7", "../x", ".a/b", "", ".txt\x00", ".", "." + "a" * 17, ".tar.gz",
+                                 "..txt", ".t xt", ".é", None, True, [".txt"], ".a\\b"])
+def test_check_caption_extension_refuses_anything_else_naming_the_widget(tmp_path: Path, bad) -> None:
+    with pytest.raises(DatasetError, match="caption_extension") as info:
+        check_caption_extension(bad)
+    assert "'.txt'" in str(info.value)  # the fix
+    with pytest.raises(DatasetError, match="caption_extension"):
+        load_dataset(_two_image_folder(tmp_path), caption_extension=bad, resolution=64)
+
+
+def test_check_caption_extension_completes_the_dot_as_older_workflows_wrote_it() -> None:
+    assert check_caption_extension("txt") == check_caption_extension(" .txt ") == ".txt"
+
+
+def test_an_image_linking_outside_the_folder_is_refused_or_skipped(tmp_path: Path) -> None:
+    folder = _two_image_folder(tmp_path)
+    outside = make_image(tmp_path / "secret.png")
+    os.symlink(outside, folder / "c.png")
+    with pytest.raises(DatasetError, match=r"c\.png: it is a link to .*secret\.png, outside the dataset folder; "
+                                           r"copy the file into the folder instead"):
+        load_dataset(folder, resolution=64)
+    ds = load_dataset(folder, resolution=64, skip_unreadable=True)
+    assert [item.image_path.name for item in ds.items] == ["a.png", "b.png"]
+    assert ds.skipped[0][0].name == "c.png" and "outside the dataset folder" in ds.skipped[0][1]
+
+
+def test_links_inside_the_folder_are_fine(tmp_path: Path) -> None:
+    folder = _two_image_folder(tmp_path)
+    (folder / "originals").mkdir()
+    make_image(folder / "originals" / "d.png", color=(9, 9, 9))
+    os.symlink(folder / "originals" / "d.png", folder / "d.png")
+    os.symlink("a.txt", folder / "b.txt")  # relative link to a caption in the folder
+    ds = load_dataset(folder, resolution=64)
+    assert [item.image_path.name for item in ds.items] == ["a.png", "b.png", "d.png"]
+    assert ds.items[1].caption == "a red square"
+
+
+def test_a_caption_linking_outside_the_folder_is_refused_or_skipped(tmp_path: Path) -> None:
+    folder = _two_image_folder(tmp_path)
+    (tmp_path / "elsewhere.txt").write_text("someone else's text", encoding="utf-8")
+    os.symlink(tmp_path / "elsewhere.txt", folder / "b.txt")
+    with pytest.raises(DatasetError, match=r"b\.txt: it is a link to .*elsewhere\.txt, outside the dataset folder"):
+        load_dataset(folder, resolution=64)
+    ds = load_dataset(folder, resolution=64, skip_unreadable=True)
+    assert [item.image_path.name for item in ds.items] == ["a.png"]
+    assert "b.txt" in ds.skipped[0][1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"resolution": float("nan")}, "resolution"),
+        ({"resolution": 64.0}, "resolution"),
+        ({"resolution": True}, "resolution"),
+        ({"resolution": 10**9}, "resolution"),
+        ({"resolution": 100}, "multiple of 8"),
+        ({"repeats": float("inf")}, "repeats"),
+        ({"skip_unreadable": "no"}, "skip_unreadable"),
+        ({"buckets": BucketSettings(max_size=10**9)}, "max_bucket_size"),
+        ({"buckets": BucketSettings(min_size=-5)}, "min_bucket_size"),
+        ({"buckets": BucketSettings(step=4)}, "bucket_step"),
+        ({"buckets": BucketSettings(step=60)}, "bucket_step"),
+        ({"buckets": BucketSettings(enabled="yes")}, "enable_bucket"),
+        ({"buckets": BucketSettings(no_upscale=1)}, "bucket_no_upscale"),
+    ],
+)
+def test_loader_options_are_checked_naming_the_widget(tmp_path: Path, kwargs, named) -> None:
+    args = {"resolution": 64, **kwargs}
+    with pytest.raises(DatasetError, match=named):
+        load_dataset(_two_image_folder(tmp_path), **args)
+
+
+def test_a_folder_that_is_not_text_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="folder must be text"):
+        load_dataset(7)  # type: ignore[arg-type]

@@ -14,10 +14,12 @@ from style_lora_trainer.style_lora_engine.errors import StyleLoRAError
 from style_lora_trainer.style_lora_engine.lora_file import (
     build_metadata,
     epoch_file_name,
+    explain_sanitized_name,
     list_epoch_files,
     read_lora_file,
     read_lora_metadata,
     sanitize_name,
+    sanitize_subfolder,
     save_lora_file,
     select_epochs,
 )
@@ -330,3 +332,60 @@ def test_temp_name_never_matches_epoch_pattern(tmp_path: Path, monkeypatch) -> N
     save_lora_file(path, kohya_tensors(), metadata(epoch=4))
     assert seen == [{}]
     assert list(list_epoch_files(tmp_path, "style")) == [4]
+
+
+# --------------------------------------------------------------------------------------------
+# names: which widget, and what changed
+
+
+@pytest.mark.parametrize("field", ["name", "output_name"])
+@pytest.mark.parametrize("bad", ["a/b", "???", "", 7])
+def test_name_errors_name_the_widget(field: str, bad) -> None:
+    with pytest.raises(StyleLoRAError, match=f"^{field}"):
+        sanitize_name(bad, field)
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe", "note"),
+    [
+        ("my_style", "my_style", ""),
+        ("  my style.safetensors ", "my style", ""),  # only what everyone expects to be dropped
+        ("x" * 150, "x" * 100, "saved as '" + "x" * 100 + "' (the name was shortened to 100 characters)"),
+        ("style:v2", "style_v2", "only letters, digits"),
+        ("a\x00b", "a_b", "only letters, digits"),
+        (".hidden", "hidden", "dots"),
+        ("CON", "_CON", "Windows"),
+    ],
+)
+def test_explain_sanitized_name_says_what_changed(raw: str, safe: str, note: str) -> None:
+    got_safe, got_note = explain_sanitized_name(raw, "output_name")
+    assert got_safe == safe == sanitize_name(raw)
+    assert (note in got_note) if note else got_note == ""
+    if note:
+        assert got_note.startswith(f"saved as {safe!r} (the name was ")
+
+
+@pytest.mark.parametrize(("raw", "parts"), [("", ()), ("  ", ()), ("styles", ("styles",)),
+                                            ("styles/sd15", ("styles", "sd15")), ("a\\b", ("a", "b")),
+                                            ("./styles/", ("styles",))])
+def test_sanitize_subfolder_keeps_ordinary_folders(raw: str, parts) -> None:
+    assert sanitize_subfolder(raw) == (parts, "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [("/tmp/x", "absolute path"), ("\\tmp\\x", "absolute path"), ("C:/loras", "absolute path"),
+     ("C:x", "absolute path"), ("//server/share", "absolute path"), ("../x", "'..'"), ("a/../../x", "'..'"),
+     ("a/..", "'..'"), ("a\x00b", "NUL"), ("???", "no usable characters"), ("a/.../b", "no usable characters"),
+     (7, "must be text")],
+)
+def test_sanitize_subfolder_refuses_places_outside_the_loras_folder(raw, fragment: str) -> None:
+    with pytest.raises(StyleLoRAError, match="^subfolder") as info:
+        sanitize_subfolder(raw)
+    assert fragment in str(info.value) and "LoRA name" not in str(info.value)
+
+
+def test_sanitize_subfolder_says_what_changed() -> None:
+    parts, note = sanitize_subfolder("my styles/v:2")
+    assert parts == ("my styles", "v_2")
+    assert note.startswith("saved as 'my styles/v_2' (the subfolder was changed to use only letters")

@@ -3,6 +3,8 @@ import threading
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.optimizers import build_optimizer
@@ -10,6 +12,7 @@ from style_lora_trainer.style_lora_engine.resume_state import (
     STATE_FILE,
     TENSORS_FILE,
     ResumeState,
+    ResumeStateUnusable,
     ResumeWriter,
     load_resume_state,
     save_resume_state,
@@ -66,23 +69,57 @@ def test_round_trip_restores_optimizer_scheduler_and_rng(tmp_path):
     expected = torch.Generator().manual_seed(5)
     torch.randn(4, generator=expected)
     assert torch.equal(torch.randn(3, generator=rng), torch.randn(3, generator=expected))
-    # No pickle: the state is JSON plus safetensors.
-    json.loads((tmp_path / STATE_FILE).read_text())
+    # No pickle, one file: the tensors, with the rest as JSON in the safetensors header.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TENSORS_FILE]
+    with safe_open(str(tmp_path / TENSORS_FILE), "pt") as f:
+        assert json.loads(f.metadata()["style_lora_resume_state"])["epoch"] == 3
 
 
-def test_other_fingerprint_or_torn_pair_is_ignored(tmp_path):
+def _as_format_1(folder, epoch_in_json=None):
+    """Rewrite the folder's state as the old two-file format (JSON beside the tensors)."""
+    path = folder / TENSORS_FILE
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(path))
+    text = header.pop("style_lora_resume_state", None) or (folder / STATE_FILE).read_text()
+    doc = json.loads(text)
+    doc["format"] = 1
+    if epoch_in_json is not None:
+        doc["epoch"] = epoch_in_json
+    save_file(tensors, str(path), metadata=header)
+    (folder / STATE_FILE).write_text(json.dumps(doc))
+
+
+def test_a_state_of_other_settings_or_unreadable_is_refused_with_the_reason(tmp_path):
     _, opt, sched = _trained_optimizer()
+    assert load_resume_state(tmp_path, "abc") is None  # nothing there: a fresh run
     save_resume_state(tmp_path, _state(opt, sched, epoch=3))
-    assert load_resume_state(tmp_path, "other") is None
-    # Simulate a crash after the tensors of epoch 4 were written but before its JSON.
-    tensors = (tmp_path / TENSORS_FILE).read_bytes()
-    save_resume_state(tmp_path, _state(opt, sched, epoch=4))
-    (tmp_path / STATE_FILE).write_text((tmp_path / STATE_FILE).read_text().replace('"epoch": 4', '"epoch": 3'))
-    assert load_resume_state(tmp_path, "abc") is None
-    (tmp_path / TENSORS_FILE).write_bytes(tensors)
+    with pytest.raises(ResumeStateUnusable, match="other settings"):
+        load_resume_state(tmp_path, "other")
+    good = (tmp_path / TENSORS_FILE).read_bytes()
+    (tmp_path / TENSORS_FILE).write_bytes(good[: len(good) // 2])  # not what a rename leaves, but a bad disk
+    with pytest.raises(ResumeStateUnusable, match="cannot be read"):
+        load_resume_state(tmp_path, "abc")
+    (tmp_path / TENSORS_FILE).write_bytes(good)
     assert load_resume_state(tmp_path, "abc").epoch == 3
+
+
+def test_format_1_pair_is_read_when_it_agrees_and_refused_when_torn(tmp_path):
+    _, opt, sched = _trained_optimizer()
+    save_resume_state(tmp_path, _state(opt, sched, epoch=4))
+    _as_format_1(tmp_path)
+    assert load_resume_state(tmp_path, "abc").epoch == 4
+    # A crash after the tensors of epoch 4 were written but before its JSON.
+    _as_format_1(tmp_path, epoch_in_json=3)
+    with pytest.raises(ResumeStateUnusable, match="disagree"):
+        load_resume_state(tmp_path, "abc")
     (tmp_path / STATE_FILE).write_text("{not json")
-    assert load_resume_state(tmp_path, "abc") is None
+    with pytest.raises(ResumeStateUnusable):
+        load_resume_state(tmp_path, "abc")
+    # Writing a new state replaces the pair by the single file.
+    save_resume_state(tmp_path, _state(opt, sched, epoch=5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TENSORS_FILE]
+    assert load_resume_state(tmp_path, "abc").epoch == 5
 
 
 def test_background_writer_writes_the_snapshot_taken_at_submit(tmp_path, monkeypatch):
@@ -106,7 +143,7 @@ def test_background_writer_writes_the_snapshot_taken_at_submit(tmp_path, monkeyp
     state.lora["a.lora_A.weight"].mul_(0)  # the next epoch's steps
     opt.state[params[0]]["exp_avg"].add_(100.0)
     state.history["losses"].append(1.0)
-    assert not (tmp_path / STATE_FILE).exists()  # still writing: training was not held up
+    assert not (tmp_path / TENSORS_FILE).exists()  # still writing: training was not held up
     release.set()
     writer.wait()
     loaded = load_resume_state(tmp_path, "abc")

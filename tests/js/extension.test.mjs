@@ -470,6 +470,22 @@ test("caption gallery: exact lint results replace the estimates", async () => {
   assert.deepEqual(item.issues.map((i) => i.code), ["caption_long"]);
 });
 
+test("caption gallery: an image's own problem from the listing is a badge on that image only", async () => {
+  const listing = structuredClone(LISTING);
+  listing.items[2].problems = [{ level: "error", code: "image_too_large",
+    message: "c.png is too large: 30000x30000 pixels. Resize it." }];
+  routes.set("GET /style_lora/dataset", () => [200, listing]);
+  const { editor } = captionPipeline("apples_problems");
+  await extension.nodeCreated(editor);
+  pollFn();
+  await editor.styleLoraGallery.ready;
+  const [a, b, c] = editor.styleLoraGallery.items;
+  assert.deepEqual(c.issues.map((i) => i.code), ["image_too_large"]);
+  assert.ok(!a.issues.some((i) => i.code.startsWith("image_")) && !b.issues.some((i) => i.code.startsWith("image_")));
+  assert.match(editor.styleLoraPanel.statusEl?.textContent ?? editor.styleLoraGallery.statusEl.textContent,
+    /3 with issues/);
+});
+
 test("caption gallery: the server's error for a missing folder is shown, nothing throws", async () => {
   routes.set("GET /style_lora/dataset", () => [404, { error: "Dataset folder /comfy/input/nope does not exist. Create it." }]);
   const { editor, load } = captionPipeline();

@@ -6,6 +6,7 @@
 * ``StyleLoRATestModelDigest`` hashes everything about a MODEL that training could change: every
   U-Net tensor's bytes, module names and classes, train/eval flags, requires_grad, the patcher's
   weight patches and object patches.
+* ``StyleLoRATestShowText`` shows a STRING (an output node), so a graph of dataset nodes alone runs.
 """
 
 import hashlib
@@ -74,7 +75,22 @@ class StyleLoRATestModelDigest:
         return {"ui": {"text": [digest]}, "result": (digest,)}
 
 
+class StyleLoRATestShowText:
+    CATEGORY = "Style LoRA/testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"forceInput": True})}}
+
+    def run(self, text):
+        return {"ui": {"text": [text]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "StyleLoRATestGate": StyleLoRATestGate,
     "StyleLoRATestModelDigest": StyleLoRATestModelDigest,
+    "StyleLoRATestShowText": StyleLoRATestShowText,
 }
