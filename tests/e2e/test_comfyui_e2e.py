@@ -95,6 +95,15 @@ def _train_inputs(model_ref, name: str, epochs: int, batch: int, checkpointing: 
             "gradient_checkpointing": checkpointing, "cache_latents": True, "training_comment": "e2e"}
 
 
+def _train_graph(server, folder: str, name: str, epochs: int, checkpointing: bool) -> dict:
+    """Load Checkpoint → the dataset nodes → Train LoRA (batch 2) on ``folder``."""
+    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.checkpoint_name}}}
+    graph.update(_dataset_nodes(folder))
+    graph["train"] = {"class_type": "StyleLoRATrain",
+                      "inputs": _train_inputs(["ckpt", 0], name, epochs=epochs, batch=2, checkpointing=checkpointing)}
+    return graph
+
+
 def _image(server, entry: dict, node: str) -> np.ndarray:
     images = entry["outputs"][node]["images"]
     assert len(images) == 1, images
@@ -251,10 +260,7 @@ def test_loraloader_loads_epoch_cleanly_and_grid_cell_matches(full_run, comfy_se
 def test_interrupt_keeps_finished_epochs_and_requeue_resumes(comfy_server):
     server = comfy_server
     folder = _dataset(server.base / "input", "e2e_stop", count=4)
-    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.checkpoint_name}}}
-    graph.update(_dataset_nodes(folder))
-    graph["train"] = {"class_type": "StyleLoRATrain",
-                      "inputs": _train_inputs(["ckpt", 0], "e2e_stop", epochs=3, batch=2, checkpointing=True)}
+    graph = _train_graph(server, folder, "e2e_stop", epochs=3, checkpointing=True)
     runs = server.base / "output" / "style_lora_runs"
     prompt_id = server.queue(graph)
     deadline = time.time() + 1800

@@ -21,7 +21,7 @@ import pytest
 from comfy_harness import ComfyServer, error_text
 from PIL import Image
 from safetensors import safe_open
-from test_comfyui_e2e import _dataset, _dataset_nodes, _train_inputs
+from test_comfyui_e2e import _dataset, _dataset_nodes, _train_graph
 
 pytestmark = pytest.mark.e2e
 
@@ -55,10 +55,7 @@ def _resume_epoch(run_dir: Path) -> int:
 def test_kill_9_at_an_epoch_boundary_then_requeue_resumes_and_keeps_finished_epochs(own_server):
     server = own_server
     folder = _dataset(server.base / "input", "e2e_kill", count=4)
-    graph = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.checkpoint_name}}}
-    graph.update(_dataset_nodes(folder))
-    graph["train"] = {"class_type": "StyleLoRATrain",
-                      "inputs": _train_inputs(["ckpt", 0], NAME, epochs=EPOCHS, batch=2, checkpointing=False)}
+    graph = _train_graph(server, folder, NAME, epochs=EPOCHS, checkpointing=False)
     runs = server.base / "output" / "style_lora_runs"
     server.queue(graph)
     # Kill the moment epoch 2's file appears: its resume state is then being written, or not yet.

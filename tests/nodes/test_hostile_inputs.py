@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from node_env import node_env
 
-from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
 from style_lora_trainer.style_lora_engine import config as config_mod
 from style_lora_trainer.style_lora_engine.config import TrainConfig
@@ -26,11 +26,7 @@ LOAD_ARGS = dict(folder="style", caption_extension=".txt", repeats=2, resolution
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("STYLE_LORA_DATASET_ROOTS", str(tmp_path / "input"))
-    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
-    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
-    make_style_dataset(tmp_path / "input" / "style", count=3, size=32, seed=2)
-    return tmp_path
+    return node_env(tmp_path, monkeypatch, count=3)
 
 
 def _load(**kw):

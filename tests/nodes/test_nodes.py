@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
+from node_env import node_env
 from safetensors.torch import load_file
 
-from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
 from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
 from style_lora_trainer.nodes.epoch_weight_grid import find_saved_epochs, parse_epoch_selection, parse_weights
@@ -16,11 +16,7 @@ from style_lora_trainer.style_lora_engine.errors import ConfigError, DatasetErro
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("STYLE_LORA_DATASET_ROOTS", str(tmp_path / "input"))
-    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
-    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
-    make_style_dataset(tmp_path / "input" / "style", count=4, size=32, seed=2)
-    return tmp_path
+    return node_env(tmp_path, monkeypatch, count=4)
 
 
 def _load(folder="style", **kw):

@@ -1,0 +1,14 @@
+"""Shared set-up of the node tests: the pack's folders pointed at a temp dir, with a synthetic dataset."""
+
+from pathlib import Path
+
+from style_lora_trainer.dev.synthetic_data import make_style_dataset
+
+
+def node_env(tmp_path: Path, monkeypatch, *, count: int) -> Path:
+    """Dataset roots, loras and output folders under ``tmp_path``; ``input/style`` holds ``count`` images."""
+    monkeypatch.setenv("STYLE_LORA_DATASET_ROOTS", str(tmp_path / "input"))
+    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
+    make_style_dataset(tmp_path / "input" / "style", count=count, size=32, seed=2)
+    return tmp_path
