@@ -6,11 +6,14 @@ import dataclasses
 import hashlib
 import json
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, StyleLoRAError
+from .config_checks import check_bool, check_choice, check_float, check_int, check_text
+from .errors import ConfigError
+from .train_options import TrainOptions
+
+__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_text", "TrainConfig", "TrainOptions"]
 
 OPTIMIZERS = ("DAdaptAdamW", "AdamW", "AdamW8bit", "Adafactor", "Prodigy")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
@@ -28,57 +31,6 @@ EPOCHS_RANGE = (1, 1000)
 BATCH_SIZE_RANGE = (1, 64)
 SEED_RANGE = (0, 0xFFFFFFFF)
 WEIGHT_DECAY_MAX = 1.0
-
-
-# ---------------------------------------------------------------------------------------------
-# option checks shared by the engine's validators: each names the option (the node widget of the
-# same name) and says what to enter.
-
-
-def _fail(error: type[StyleLoRAError], name: str, expected: str, value: object, fix: str) -> StyleLoRAError:
-    return error(f"{name} must be {expected}, got {value!r}." + (f" {fix}" if fix else ""))
-
-
-def check_int(value: object, name: str, low: int, high: int, *, fix: str = "",
-              error: type[StyleLoRAError] = ConfigError) -> int:
-    """``value`` as an int in ``[low, high]``; bools and floats are refused (2.5 repeats is a typo)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise _fail(error, name, f"a whole number from {low} to {high}", value, fix)
-    return int(value)
-
-
-def check_float(value: object, name: str, low: float, high: float, *, low_open: bool = False, fix: str = "",
-                error: type[StyleLoRAError] = ConfigError) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
-
-    NaN passes every ``<``/``>`` check (ComfyUI's min/max included), so finiteness is tested first.
-    """
-    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-          and (low < value if low_open else low <= value) and value <= high)
-    if not ok:
-        bound = f"above {low:g}" if low_open else f"at least {low:g}"
-        upper = f" and at most {high:g}" if math.isfinite(high) else ""
-        raise _fail(error, name, f"a finite number {bound}{upper}", value, fix)
-    return float(value)  # type: ignore[arg-type]
-
-
-def check_bool(value: object, name: str, *, error: type[StyleLoRAError] = ConfigError) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(error, name, "true or false", value, "")
-    return value
-
-
-def check_text(value: object, name: str, *, error: type[StyleLoRAError] = ConfigError) -> str:
-    if not isinstance(value, str):
-        raise _fail(error, name, "text", value, "")
-    return value
-
-
-def check_choice(value: object, name: str, choices: tuple[str, ...], *,
-                 error: type[StyleLoRAError] = ConfigError) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _fail(error, name, f"one of {', '.join(choices)}", value, "")
-    return value
 
 
 def _check_json_value(value: object, name: str) -> None:
@@ -116,6 +68,8 @@ class TrainConfig:
     save_precision: str = "fp16"
     # Extra optimizer keyword arguments, e.g. {"betas": [0.9, 0.99]}; JSON-able values only.
     optimizer_args: dict[str, Any] = field(default_factory=dict)
+    # kohya's advanced options (loss weighting, noise, masks, LoCon, DoRA, dropout), all off by default.
+    options: TrainOptions = field(default_factory=TrainOptions)
 
     def validate(self) -> TrainConfig:
         """Check every field (type, range, finiteness); raise ``ConfigError`` naming it and the fix."""
@@ -139,6 +93,9 @@ class TrainConfig:
                     fix="1.0 is the usual value; 0 turns clipping off.")
         check_choice(self.save_precision, "save_precision", SAVE_PRECISIONS)
         self._check_optimizer_args()
+        if not isinstance(self.options, TrainOptions):
+            raise ConfigError(f"options must come from a Train Options node, got {type(self.options).__name__}.")
+        self.options.validate()
         return self
 
     def _check_optimizer_args(self) -> None:
@@ -150,7 +107,13 @@ class TrainConfig:
             _check_json_value(value, f"optimizer_args[{key!r}]")
 
     def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as JSON; ``options`` only when some are set, so default runs keep the run folder
+        (fingerprint) they had before the options existed."""
+        values = dataclasses.asdict(self)
+        values.pop("options")
+        if not self.options.is_default():
+            values["options"] = self.options.changed()
+        return values
 
 
 @dataclass(frozen=True)
