@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..style_lora_engine.backend import SampleGeometry
 from ..style_lora_engine.text_chunks import chunk_token_ids
@@ -109,18 +108,22 @@ class DiffusersBackend:
         hidden, _ = self._encode_one_encoder(m.text_encoder, m.tokenizer, captions, pooled=False)
         return hidden, None
 
-    def loss(
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.model.noise_scheduler.config.num_train_timesteps)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.model.noise_scheduler.alphas_cumprod.detach().to("cpu", torch.float32)
+
+    def predict(
         self,
         latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
         captions: list[str],
         geometry: list[SampleGeometry],
-        generator: torch.Generator,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sched = self.model.noise_scheduler
-        batch = latents.shape[0]
-        # Noise and timesteps come from a CPU generator so runs reproduce on any device.
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=generator)
         noisy = sched.add_noise(latents, noise, timesteps)
         if self.model.prediction_type == "v_prediction":
             target = sched.get_velocity(latents, noise, timesteps)
@@ -138,4 +141,4 @@ class DiffusersBackend:
             pred = self.model.unet(
                 noisy.to(self.device), timesteps.to(self.device), encoder_hidden_states=context, **kwargs
             ).sample
-        return F.mse_loss(pred.float(), target.to(self.device).float())
+        return pred, target.to(self.device)

@@ -35,7 +35,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..style_lora_engine.backend import SampleGeometry
 from ..style_lora_engine.errors import ConfigError, StyleLoRAError
@@ -473,17 +472,23 @@ class ComfyBackend:
                                         crop_h=top, target_width=tw, target_height=th))
         return torch.cat(rows)
 
-    def loss(
+    @property
+    def num_train_timesteps(self) -> int:
+        return self._num_timesteps
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """DDPM's ᾱ_t per integer timestep from the model's own sigmas (sigma² = (1 - ᾱ) / ᾱ)."""
+        sigmas = self._sampling.sigmas.detach().to("cpu", torch.float32)
+        return 1.0 / (sigmas * sigmas + 1.0)
+
+    def predict(
         self,
         latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
         captions: list[str],
         geometry: list[SampleGeometry],
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        batch = latents.shape[0]
-        # Noise and timesteps from a CPU generator: runs reproduce (and resume) on any device.
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, self._num_timesteps, (batch,), generator=generator)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         context, pooled = self.encode_text(captions)
         device, dtype = self.device, self._input_dtype
         x_in, t_in, target = noisy_input_and_target(self._sampling, latents.to(device, torch.float32),
@@ -495,4 +500,4 @@ class ComfyBackend:
         with torch.autocast(device.type, dtype=self._dtype, enabled=self._dtype != torch.float32):
             pred = unet(x_in.to(dtype), t_in.to(device), context=context.to(device, dtype),
                         transformer_options=dict(self._transformer_options), **extra)
-        return F.mse_loss(pred.float(), target.float())
+        return pred, target

@@ -7,12 +7,14 @@ from .load_dataset import StyleLoRALoadDataset
 from .save_epochs import StyleLoRASaveEpochs
 from .shuffle_caption import StyleLoRAShuffleCaption
 from .train_lora import StyleLoRATrain
+from .train_options import StyleLoRATrainOptions
 
 NODE_CLASS_MAPPINGS = {
     "StyleLoRALoadDataset": StyleLoRALoadDataset,
     "StyleLoRACaptionEditor": StyleLoRACaptionEditor,
     "StyleLoRAShuffleCaption": StyleLoRAShuffleCaption,
     "StyleLoRATrain": StyleLoRATrain,
+    "StyleLoRATrainOptions": StyleLoRATrainOptions,
     "StyleLoRASaveEpochs": StyleLoRASaveEpochs,
     "StyleLoRAEpochWeightGrid": StyleLoRAEpochWeightGrid,
 }
@@ -22,6 +24,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleLoRACaptionEditor": "Caption Editor (Style LoRA)",
     "StyleLoRAShuffleCaption": "Shuffle Caption (Style LoRA)",
     "StyleLoRATrain": "Train LoRA (Style LoRA)",
+    "StyleLoRATrainOptions": "Train Options (Style LoRA)",
     "StyleLoRASaveEpochs": "Save Epochs (Style LoRA)",
     "StyleLoRAEpochWeightGrid": "Epoch × Weight Grid (Style LoRA)",
 }

@@ -9,7 +9,7 @@ from typing import Any
 from ..canvas_server.training_history import HISTORY
 from ..integration import events, host, paths, progress
 from ..integration.images import pil_to_image
-from ..integration.socket_types import CATEGORY, DATASET, RUN
+from ..integration.socket_types import CATEGORY, DATASET, RUN, TRAIN_OPTIONS
 from ..style_lora_engine.config import (
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
@@ -17,6 +17,7 @@ from ..style_lora_engine.config import (
     PRESET_NAMES,
     PRESETS,
     TrainConfig,
+    TrainOptions,
     apply_preset,
     check_text,
 )
@@ -96,6 +97,8 @@ class StyleLoRATrain:
             },
             "optional": {
                 "training_comment": ("STRING", {"default": "", "multiline": True}),
+                "options": (TRAIN_OPTIONS, {"tooltip": "kohya's advanced options from a Train Options node "
+                                            "(min-SNR, noise offset, masked loss, LoCon, DoRA, ...)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -104,11 +107,12 @@ class StyleLoRATrain:
               rank: int, alpha: float, optimizer: str, learning_rate: float, lr_scheduler: str,
               lr_warmup_steps: int, epochs: int, batch_size: int, seed: int, mixed_precision: str,
               gradient_checkpointing: bool, cache_latents: bool, training_comment: str = "",
-              unique_id: str | None = None) -> dict[str, Any]:
+              options: TrainOptions | None = None, unique_id: str | None = None) -> dict[str, Any]:
         config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
                              lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
                              batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
-                             gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents)
+                             gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
+                             options=TrainOptions() if options is None else options)
         config = apply_preset(config, preset).validate()
         name, name_note = explain_sanitized_name(output_name, "output_name")
         if name_note:

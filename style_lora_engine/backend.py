@@ -53,16 +53,28 @@ class TrainingBackend(Protocol):
         """[B,3,H,W] in [-1,1] -> scaled latents [B,C,h,w] on CPU, float32."""
         ...
 
-    def loss(
+    @property
+    def num_train_timesteps(self) -> int:
+        """Discrete training timesteps (1000 for SD1.5/SDXL); valid after ``begin_training``."""
+        ...
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """DDPM's ᾱ_t for t in [0, num_train_timesteps), float32 on CPU (for SNR-based loss options)."""
+        ...
+
+    def predict(
         self,
         latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
         captions: list[str],
         geometry: list[SampleGeometry],
-        generator: torch.Generator,
-    ) -> torch.Tensor:
-        """One denoising loss (scalar) with noise and timesteps drawn from ``generator`` (on CPU). With a
-        bf16/fp16 ``begin_training`` dtype the U-Net runs under ``torch.autocast`` in that dtype (the
-        trainer relies on it: the LoRA layers leave casting their inputs to autocast)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, target) of the U-Net on ``latents`` noised with ``noise`` at integer ``timesteps``,
+        in the model's own parameterisation (eps or v). The trainer draws noise and timesteps and computes the
+        loss (``loss_functions.training_loss``). With a bf16/fp16 ``begin_training`` dtype the U-Net runs
+        under ``torch.autocast`` in that dtype (the trainer relies on it: the LoRA layers leave casting
+        their inputs to autocast)."""
         ...
 
 

@@ -7,6 +7,8 @@ last epoch unnumbered, which breaks epoch grids (sd-scripts#572).
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import json
 import re
 import time
@@ -17,8 +19,10 @@ from typing import Any
 import torch
 
 from .atomic import atomic_path
+from .buckets import BucketSettings
 from .config import TrainConfig
 from .errors import ConfigError, StyleLoRAError
+from .train_options import NUM_TRAIN_TIMESTEPS, TrainOptions
 
 EPOCH_DIGITS = 6
 MAX_NAME_LENGTH = 100
@@ -171,10 +175,135 @@ def select_epochs(epochs: list[int], mode: str, n: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # metadata
+#
+# What kohya's sd-scripts train_network.py writes (its ``metadata`` dict, the --train_data_dir dataset
+# keys, network_args, model name; then ss_epoch/ss_steps/ss_training_finished_at and the
+# modelspec.* keys at every save; networks/lora.py's save_weights adds the sshs_* hashes), with its
+# value forms: every value is ``str(python value)``, so an option left at kohya's default None reads
+# "None", a flag "True"/"False", nested values JSON. docs/kohya-metadata.md lists every key.
+
+KOHYA_MIXED_PRECISION = {"fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# LyCORIS's module set equal to kohya's networks.lora default (Linear and 1x1 convs in Transformer2DModel).
+LYCORIS_KOHYA_PRESET = "attn-mlp"
+RESIZE_INTERPOLATION = "lanczos"  # images.prepare_image: PIL LANCZOS, which is kohya's "lanczos"
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=False, ensure_ascii=False)
+
+
+def _off_is_none(value: float | int, kind: type = float) -> float | int | None:
+    """kohya's form of an option that is off by default: None (its argparse default) when off."""
+    return kind(value) if value else None
+
+
+def _typed(value: float | int) -> str:
+    """A number as a kohya user types it in ``--network_args`` (``conv_dim=8 conv_alpha=1``): kohya
+    stores those arguments as the typed strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def kohya_network(options: TrainOptions, *, dora_wd_on_output: bool = True) -> tuple[str, dict[str, Any] | None]:
+    """``(ss_network_module, network_args)`` as kohya writes them for a run with ``options``.
+
+    Plain LoRA and LoCon are kohya's ``networks.lora`` (conv_dim / conv_alpha, rank_dropout /
+    module_dropout in network_args). DoRA is not in ``networks.lora``; its file layout (``dora_scale``
+    beside lora_down/lora_up/alpha) is LyCORIS's, so it is written as kohya writes a LyCORIS DoRA run:
+    ``lycoris.kohya`` with ``algo=lora dora_wd=True`` (plus ``preset=attn-mlp``, kohya's module set,
+    when there is no conv_dim; ``wd_on_output=False`` if the magnitude is per input channel).
+    ``network_args`` is None when kohya would have none (then it writes no ss_network_args); when
+    there are some, kohya adds ``"dropout"``: --network_dropout as a number, or null.
+    """
+    args: dict[str, Any] = {}
+    if options.use_dora:
+        module = "lycoris.kohya"
+        if not options.conv_dim:
+            args["preset"] = LYCORIS_KOHYA_PRESET
+        args["algo"] = "lora"
+        args["dora_wd"] = "True"
+        if not dora_wd_on_output:
+            args["wd_on_output"] = "False"
+    else:
+        module = "networks.lora"
+    if options.conv_dim:
+        args["conv_dim"] = _typed(options.conv_dim)
+        args["conv_alpha"] = _typed(options.conv_alpha)
+    for name in ("rank_dropout", "module_dropout"):
+        if getattr(options, name):
+            args[name] = _typed(getattr(options, name))
+    if not args:
+        return module, None
+    args["dropout"] = _off_is_none(options.network_dropout)  # train_network.py: net_kwargs["dropout"]
+    return module, args
+
+
+def kohya_bucket_info(dataset: Any) -> dict[str, Any] | None:
+    """kohya's ``ss_bucket_info`` for a :class:`~.dataset.Dataset`: None without bucketing, else
+    ``{"buckets": {index: {"resolution": [w, h], "count": images x repeats}}, "mean_img_ar_error": e}``.
+
+    As kohya's BucketManager: the index is the bucket's place among the buckets in use sorted by
+    (width, height), and the error is the mean of |bucket aspect ratio - image aspect ratio| over the
+    images (without repeats)."""
+    settings = dataset.buckets
+    if not settings.enabled:
+        return None
+    counts: dict[tuple[int, int], int] = {}
+    errors = []
+    for item in dataset.items:
+        bucket = tuple(item.bucket)
+        counts[bucket] = counts.get(bucket, 0) + dataset.repeats
+        errors.append(abs(bucket[0] / bucket[1] - item.width / item.height))
+    buckets = {index: {"resolution": list(reso), "count": counts[reso]} for index, reso in enumerate(sorted(counts))}
+    return {"buckets": buckets, "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
+
+
+def checkpoint_hashes(path: Path) -> tuple[str, str]:
+    """``(ss_sd_model_hash, ss_new_sd_model_hash)`` of a checkpoint file, as kohya computes them
+    (train_util.model_hash: SHA-256 of 64 KiB at 1 MiB, first 8 hex digits; calculate_sha256: the
+    whole file). Reads the whole file: seconds for a multi-GB checkpoint."""
+    full = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        legacy = hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            full.update(chunk)
+    return legacy, full.hexdigest()
+
+
+def _kohya_tag_frequency(tag_frequency: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """kohya counts tags lowercased (train_util.set_tag_frequency): merge case variants the same way."""
+    merged: dict[str, dict[str, int]] = {}
+    for folder, counts in tag_frequency.items():
+        target = merged.setdefault(folder, {})
+        for tag, count in counts.items():
+            target[tag.lower()] = target.get(tag.lower(), 0) + int(count)
+    return merged
+
+
+@functools.lru_cache(maxsize=1)
+def _pack_version() -> str:
+    """``style-lora-trainer/<version>`` from pyproject.toml (kohya writes ``sd-scripts/<commit>``)."""
+    try:
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "style-lora-trainer/unknown"
+    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return f"style-lora-trainer/{found[1] if found else 'unknown'}"
+
+
+def _mixed_precision(value: str | torch.dtype | None, config: TrainConfig) -> str:
+    name = _DTYPE_NAMES.get(value, value) if isinstance(value, torch.dtype) else value
+    name = config.mixed_precision if name is None else name
+    if name not in KOHYA_MIXED_PRECISION:
+        if name == "auto":
+            return "auto"  # unresolved (a caller that does not pass the precision in use)
+        raise ConfigError(f"Unknown mixed precision {value!r}; expected fp32, bf16 or fp16.")
+    return KOHYA_MIXED_PRECISION[name]
 
 
 def build_metadata(
@@ -202,12 +331,37 @@ def build_metadata(
     seed: int,
     prediction_type: str = "epsilon",
     finished_at: float | None = None,
+    buckets: BucketSettings | None = None,
+    mixed_precision: str | torch.dtype | None = None,
+    clip_skip: int | None = None,
+    max_token_length: int | None = None,
+    dora_wd_on_output: bool = True,
+    sd_model_hash: str | None = None,
+    new_sd_model_hash: str | None = None,
 ) -> dict[str, str]:
     """kohya's ``ss_*`` keys and the SAI ``modelspec.*`` keys; every value a ``str``.
 
     Nested values (dataset dirs, tag frequency, bucket info, network args) are JSON, as kohya
     writes them, so A1111/ComfyUI metadata viewers and civitai read them.
     ``num_train_images`` counts repeats (kohya's meaning). ``resolution`` is (width, height).
+    ``bucket_info``: :func:`kohya_bucket_info` (None without bucketing). ``finished_at``: when this
+    epoch's file is saved (now if not given).
+
+    Optional, for what only the caller knows (left out, the keys they feed are as noted):
+
+    * ``buckets``: the dataset's :class:`BucketSettings` (ss_min/max_bucket_reso, ss_bucket_no_upscale;
+      left out without it);
+    * ``mixed_precision``: the precision in use, "fp32"/"bf16"/"fp16" or a torch dtype ("auto"
+      resolved); default ``config.mixed_precision``;
+    * ``clip_skip``: the text encoder layer counted from the end (2 = penultimate), None = the
+      model's default layer (kohya's None);
+    * ``max_token_length``: where the text encoding cuts a caption (225 for 3 CLIP windows); None
+      when it cuts nowhere (ComfyUI's CLIP): kohya has no value for that (its "None" means 75
+      tokens), so ss_max_token_length is left out;
+    * ``dora_wd_on_output``: whether a DoRA file's ``dora_scale`` is per output channel (peft's
+      layout, LyCORIS's default) or per input channel;
+    * ``sd_model_hash`` / ``new_sd_model_hash``: :func:`checkpoint_hashes` of the base model file
+      (kohya writes them only when it has the file).
     """
     if arch not in BASE_MODEL_VERSION:
         raise ConfigError(f"Unknown architecture {arch!r}; expected one of {', '.join(BASE_MODEL_VERSION)}.")
@@ -215,67 +369,136 @@ def build_metadata(
         raise ConfigError(f"Unknown prediction type {prediction_type!r} (epsilon or v_prediction).")
     width, height = (int(resolution[0]), int(resolution[1]))
     finished = time.time() if finished_at is None else finished_at
+    options = config.options
+    v_pred = _PREDICTION_TYPES[prediction_type] == "v"
+    network_module, network_args = kohya_network(options, dora_wd_on_output=dora_wd_on_output)
+    # kohya refuses "constant" with warmup steps; constant + warmup is its "constant_with_warmup".
+    scheduler = config.lr_scheduler
+    if scheduler == "constant" and config.lr_warmup_steps > 0:
+        scheduler = "constant_with_warmup"
+    enable_bucket = buckets.enabled if buckets is not None else bucket_info is not None
     meta: dict[str, Any] = {
-        # kohya's minimum set (kept even with --no_metadata)
-        "ss_network_module": "networks.lora",
+        # kohya's minimum set (kept even with --no_metadata); ss_network_args only with network args
+        "ss_network_module": network_module,
         "ss_network_dim": config.rank,
         "ss_network_alpha": float(config.alpha),
-        "ss_network_args": _json({}),  # plain LoRA, kohya's default targets: no extra args
         "ss_v2": False,
-        "ss_base_model_version": BASE_MODEL_VERSION[arch],
+        # kohya: model_util.get_model_version_str_for_sd1_sd2 adds "_v" for v-prediction; SDXL has one name.
+        "ss_base_model_version": BASE_MODEL_VERSION[arch] + ("_v" if v_pred and arch == "sd15" else ""),
         # run
         "ss_session_id": session_id,
         "ss_output_name": output_name,
         "ss_training_started_at": started_at,
         "ss_training_finished_at": finished,
-        "ss_training_comment": training_comment,
+        "ss_training_comment": training_comment or None,  # kohya: None without --training_comment
         "ss_sd_model_name": base_model_name,
         "ss_epoch": epoch,
         "ss_num_epochs": num_epochs,
         "ss_steps": steps,
         "ss_max_train_steps": num_batches_per_epoch * num_epochs,
         "ss_num_train_images": num_train_images,
+        "ss_num_validation_images": 0,
+        "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": num_batches_per_epoch,
-        "ss_total_batch_size": config.batch_size,
+        "ss_batch_size_per_device": config.batch_size,
+        "ss_total_batch_size": config.batch_size,  # one device, no gradient accumulation
         "ss_gradient_accumulation_steps": 1,
         "ss_seed": seed,
         # optimisation
         "ss_optimizer": optimizer_repr,
         "ss_learning_rate": config.learning_rate,
         "ss_unet_lr": config.learning_rate,
-        # U-Net only: the text encoder is frozen, so its effective learning rate is 0.
-        "ss_text_encoder_lr": 0.0,
-        "ss_network_train_unet_only": True,
-        "ss_lr_scheduler": config.lr_scheduler,
+        # U-Net only: no text encoder learning rate, as kohya writes it with --network_train_unet_only.
+        "ss_text_encoder_lr": None,
+        "ss_network_train_unet_only": True,  # not a kohya key: kohya's flag is not in its metadata
+        "ss_lr_scheduler": scheduler,
         "ss_lr_warmup_steps": config.lr_warmup_steps,
         "ss_max_grad_norm": config.max_grad_norm,
-        "ss_mixed_precision": config.mixed_precision,
-        "ss_full_fp16": False,
+        "ss_scale_weight_norms": None,
+        "ss_network_dropout": _off_is_none(options.network_dropout),
+        # precision and memory
+        "ss_mixed_precision": _mixed_precision(mixed_precision, config),
+        "ss_full_fp16": False,  # the LoRA weights train in fp32 (only the frozen model is half)
+        "ss_fp8_base": False,
+        "ss_fp8_base_unet": False,
         "ss_gradient_checkpointing": config.gradient_checkpointing,
         "ss_cache_latents": config.cache_latents,
-        # dataset
+        "ss_lowram": False,
+        # text encoder
+        "ss_clip_skip": clip_skip,
+        # noise
+        "ss_noise_offset": _off_is_none(options.noise_offset),
+        "ss_noise_offset_random_strength": options.noise_offset_random_strength,
+        "ss_adaptive_noise_scale": _off_is_none(options.adaptive_noise_scale),
+        "ss_multires_noise_iterations": _off_is_none(options.multires_noise_iterations, int),
+        "ss_multires_noise_discount": float(options.multires_noise_discount),
+        "ss_ip_noise_gamma": None,
+        "ss_ip_noise_gamma_random_strength": False,
+        "ss_zero_terminal_snr": False,
+        # loss
+        "ss_min_snr_gamma": _off_is_none(options.min_snr_gamma),
+        "ss_debiased_estimation": options.debiased_estimation_loss,
+        "ss_loss_type": options.loss_type,
+        "ss_huber_schedule": options.huber_schedule,
+        "ss_huber_scale": float(options.huber_scale),
+        "ss_huber_c": float(options.huber_c),
+        "ss_masked_loss": options.masked_loss,  # not a kohya key: kohya does not record --masked_loss
+        "ss_prior_loss_weight": 1.0,  # kohya's default; there are no regularisation images
+        # validation: none
+        "ss_validation_seed": None,
+        "ss_validation_split": 0.0,
+        "ss_max_validation_steps": None,
+        "ss_validate_every_n_epochs": None,
+        "ss_validate_every_n_steps": None,
+        # dataset (kohya's --train_data_dir keys)
         "ss_resolution": str((width, height)),
-        "ss_enable_bucket": bucket_info is not None,
+        "ss_enable_bucket": enable_bucket,
         "ss_dataset_dirs": _json(dataset_dirs),
-        "ss_tag_frequency": _json(tag_frequency),
+        "ss_reg_dataset_dirs": _json({}),
+        "ss_tag_frequency": _json(_kohya_tag_frequency(tag_frequency)),
         "ss_bucket_info": _json(bucket_info),
         "ss_shuffle_caption": shuffle_caption,
         "ss_keep_tokens": keep_tokens,
-        "ss_caption_separator": caption_separator,
-        # SAI model spec 1.0.1, as sd-scripts writes it for a LoRA
+        "ss_caption_separator": caption_separator,  # not a kohya key (kohya does not record it)
+        "ss_caption_dropout_rate": 0.0,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_color_aug": False,
+        "ss_flip_aug": False,
+        "ss_random_crop": False,  # images are cover-resized and centre-cropped
+        "ss_face_crop_aug_range": None,
+        "ss_resize_interpolation": RESIZE_INTERPOLATION,
+    }
+    if buckets is not None:
+        eff = buckets.effective(max(width, height))
+        meta["ss_bucket_no_upscale"] = bool(eff.enabled and eff.no_upscale)
+        meta["ss_min_bucket_reso"] = eff.min_size if eff.enabled else None
+        meta["ss_max_bucket_reso"] = eff.max_size if eff.enabled else None
+    if max_token_length is not None:
+        meta["ss_max_token_length"] = int(max_token_length)
+    if network_args is not None:
+        meta["ss_network_args"] = _json(network_args)
+    if sd_model_hash is not None:
+        meta["ss_sd_model_hash"] = sd_model_hash
+    if new_sd_model_hash is not None:
+        meta["ss_new_sd_model_hash"] = new_sd_model_hash
+    # SAI model spec 1.0.1, as sd-scripts writes it for a LoRA (library/sai_model_spec.py)
+    meta.update({
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCHITECTURE[arch],
         "modelspec.implementation": MODELSPEC_IMPLEMENTATION[arch],
         "modelspec.title": output_name,
         "modelspec.resolution": f"{width}x{height}",
-        "modelspec.date": datetime.datetime.fromtimestamp(int(started_at)).isoformat(),
+        "modelspec.date": datetime.datetime.fromtimestamp(int(finished)).isoformat(),  # kohya: at each save
         "modelspec.prediction_type": _PREDICTION_TYPES[prediction_type],
-    }
-    for optional in ("noise_offset", "min_snr_gamma"):  # only if the config grows these options
-        if hasattr(config, optional):
-            meta[f"ss_{optional}"] = getattr(config, optional)
+        "modelspec.implementation_version": _pack_version(),
+    })
     if training_comment:
         meta["modelspec.description"] = training_comment
+    if (options.min_timestep, options.max_timestep) != (0, NUM_TRAIN_TIMESTEPS):
+        meta["modelspec.timestep_range"] = f"{options.min_timestep},{options.max_timestep}"
+    if clip_skip is not None:
+        meta["modelspec.encoder_layer"] = str(clip_skip)
     return {key: value if isinstance(value, str) else str(value) for key, value in meta.items()}
 
 
@@ -290,11 +513,25 @@ def _write_safetensors(tmp: Path, tensors: dict[str, torch.Tensor], metadata: di
     save_file(tensors, str(tmp), metadata=metadata)
 
 
+def kohya_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
+    """``sshs_model_hash`` / ``sshs_legacy_hash``, which kohya's networks/lora.py ``save_weights`` adds
+    to every file so sd-webui-additional-networks need not hash it: the SHA-256 of the tensor data,
+    and the first 8 hex digits of the SHA-256 of 64 KiB at 1 MiB, of the file safetensors makes from
+    the tensors and only the ``ss_*`` keys (train_util.precalculate_safetensors_hashes)."""
+    from safetensors.torch import save
+
+    data = save(dict(tensors), {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(data[:8], "little")
+    return {"sshs_model_hash": hashlib.sha256(memoryview(data)[8 + header:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
+
+
 def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Write a safetensors LoRA atomically (``atomic.atomic_path``: temp file beside it, fsync, rename).
 
-    On any failure, Ctrl-C included, the temp file is removed and whatever was at ``path``
-    before is left untouched: never a partial file at ``path``.
+    Metadata with kohya's ``ss_*`` keys gets kohya's ``sshs_*`` hashes too (:func:`kohya_hashes`; this
+    serialises the LoRA once more in memory, as kohya does). On any failure, Ctrl-C included, the temp
+    file is removed and whatever was at ``path`` before is left untouched: never a partial file at ``path``.
     """
     path = Path(path)
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
@@ -304,8 +541,11 @@ def save_lora_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Ma
         raise StyleLoRAError(f"Refusing to write {path}: the LoRA has no tensors.")
     # safetensors needs contiguous, non-aliasing CPU-serialisable tensors.
     prepared = {k: v.detach().contiguous() for k, v in tensors.items()}
+    metadata = dict(metadata)
+    if any(key.startswith("ss_") for key in metadata):
+        metadata.update(kohya_hashes(prepared, metadata))
     with atomic_path(path) as tmp:
-        _write_safetensors(tmp, prepared, dict(metadata))
+        _write_safetensors(tmp, prepared, metadata)
 
 
 def read_lora_metadata(path: Path) -> dict[str, str]:

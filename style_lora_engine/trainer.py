@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -39,15 +38,19 @@ from .dataset import Dataset
 from .errors import StyleLoRAError, TrainingStopped
 from .folder_lock import FolderBusy, folder_lock
 from .images import open_image_rgb, prepare_image
-from .lora_file import build_metadata, epoch_file_name, list_epoch_files, save_lora_file
-from .lora_keys import find_lora_targets, peft_to_kohya
+from .lora_file import build_metadata, epoch_file_name, kohya_bucket_info, list_epoch_files, save_lora_file
+from .lora_keys import peft_to_kohya
+from .lora_network import LoraExtras, build_lora_config, install_extras
+from .loss_functions import training_loss
 from .memory_advice import out_of_memory_advice
+from .noise import draw_noise, draw_timesteps
 from .optimizers import build_optimizer, describe_optimizer, effective_lr
 from .resume_state import ResumeState, ResumeStateUnusable, ResumeWriter, load_resume_state
 from .schedules import build_lr_scheduler
 from .shuffle import ShuffleSettings, shuffle_caption
 
 ADAPTER = "style_lora"
+DORA_SUFFIX = ".dora_scale"  # resume-state keys of the DoRA magnitudes (LoraExtras.state_dict)
 HISTORY_FILE = "history.json"
 
 
@@ -163,6 +166,10 @@ class _LatentSource:
     def _pixels(self, index: int) -> torch.Tensor:
         item = self.dataset.items[index]
         return prepare_image(open_image_rgb(item.image_path), *item.bucket)
+
+    def masks(self, indices: list[int]) -> torch.Tensor | None:
+        """Loss masks [B,1,H,W] of the batch (pixel size; the loss resizes them), or None without masked loss."""
+        return None
 
     def batch(self, indices: list[int]) -> torch.Tensor:
         if self.cache:
@@ -310,20 +317,16 @@ def _train_in_folder(
     dtype = resolve_dtype(config.mixed_precision, backend.device)
     shuffle = dataset.shuffle or ShuffleSettings(enabled=False)
     unet = backend.lora_module()
-    targets = find_lora_targets(unet)
-    if not targets:
-        raise StyleLoRAError("No attention/projection layers found in the U-Net to attach LoRA to.")
+    lora_config = build_lora_config(unet, config)  # kohya's module set (+ LoCon convs), raises if none
 
     backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
-    lora_model, lora_params, optimizer = None, [], None
+    lora_model, lora_params, optimizer, extras = None, [], None, None
     resume_writer = ResumeWriter()
     try:
         latents = _LatentSource(backend, dataset, config.cache_latents, say)
         if config.cache_latents and hasattr(backend, "latents_cached"):
             backend.latents_cached()  # the backend may free what only encoding needed
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
-        lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=targets,
-                                 init_lora_weights=True, lora_dropout=0.0)
         lora_model = LoraModel(unet, lora_config, ADAPTER)
         lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
         for p in lora_params:
@@ -339,18 +342,26 @@ def _train_in_folder(
             for module in unet.modules():
                 if isinstance(module, BaseTunerLayer):
                     module.cast_input_dtype_enabled = False
+        noise_rng = torch.Generator().manual_seed(config.seed)
+        # DoRA magnitudes and kohya's dropouts (options); the dropouts draw from noise_rng, which resume restores.
+        extras = install_extras(unet, config, generator=noise_rng)
+        lora_params = lora_params + extras.parameters
         optimizer = build_optimizer(lora_params, config)
         scheduler = build_lr_scheduler(optimizer, config.lr_scheduler,
                                        warmup_steps=config.lr_warmup_steps, total_steps=total_steps)
-        noise_rng = torch.Generator().manual_seed(config.seed)
         global_step, start_epoch = 0, 1
         if resume is not None:
-            set_peft_model_state_dict(unet, resume.lora, adapter_name=ADAPTER)
+            saved = {k: v for k, v in resume.lora.items() if not k.endswith(DORA_SUFFIX)}
+            set_peft_model_state_dict(unet, saved, adapter_name=ADAPTER)
+            extras.load_state_dict({k: v for k, v in resume.lora.items() if k.endswith(DORA_SUFFIX)})
             optimizer.load_state_dict(resume.optimizer)
             scheduler.load_state_dict(resume.scheduler)
             noise_rng.set_state(resume.noise_rng)
             global_step, start_epoch = resume.global_step, resume.epoch + 1
         scaler = torch.amp.GradScaler(backend.device.type) if dtype == torch.float16 else None
+        options = config.options
+        alphas_cumprod = backend.alphas_cumprod()
+        prediction_type = getattr(backend, "prediction_type", "epsilon")
 
         session_id = uuid.uuid4().hex
         started_at = time.time()
@@ -363,7 +374,13 @@ def _train_in_folder(
                 captions = [shuffle_caption(item.caption, shuffle, global_step, i)
                             for item, i in zip(items, batch, strict=True)]
                 geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
-                loss = backend.loss(latents.batch(batch), captions, geometry, noise_rng)
+                batch_latents = latents.batch(batch)
+                # Noise first, then timesteps, all from noise_rng: the order runs and resumes depend on.
+                noise = draw_noise(batch_latents, noise_rng, options)
+                timesteps = draw_timesteps(len(batch), noise_rng, options, backend.num_train_timesteps)
+                pred, target = backend.predict(batch_latents, noise, timesteps, captions, geometry)
+                loss = training_loss(pred, target, timesteps, options=options, alphas_cumprod=alphas_cumprod,
+                                     prediction_type=prediction_type, mask=latents.masks(batch))
                 if not torch.isfinite(loss):
                     raise TrainingStopped(
                         f"The loss became {loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
@@ -401,12 +418,14 @@ def _train_in_folder(
             result.epoch_end_steps.append(global_step)
             peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
             path = run_dir / epoch_file_name(output_name, epoch)
-            tensors = _kohya_tensors(peft_state, backend, config)
+            tensors = _kohya_tensors(peft_state, extras, backend, config)
+            peft_state.update(extras.state_dict())  # DoRA magnitudes resume with the LoRA weights
             if epoch in kept and path.is_file():
                 say(_kept_epoch_message(path, tensors))
             else:
                 save_lora_file(path, tensors, _metadata(backend, dataset, config, shuffle, output_name, epoch,
-                                                        global_step, spe, training_comment, session_id, started_at))
+                                                        global_step, spe, training_comment, session_id, started_at,
+                                                        dtype))
             # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
             # of optimizer state, is snapshotted here and written while the next epoch trains.
             resume_writer.submit(run_dir, ResumeState(
@@ -437,6 +456,8 @@ def _train_in_folder(
         except Exception as exc:  # noqa: BLE001  (the error that stopped training is the one to report)
             say(f"Could not write the resume state in {run_dir}: {exc}")
         finally:
+            if extras is not None:
+                extras.remove()  # DoRA and dropout hooks first: they sit on peft's layers
             if lora_model is not None:
                 lora_model.unload()  # put the original layers back: the user's model is unchanged
             backend.end_training()
@@ -455,14 +476,20 @@ def _kept_epoch_message(path: Path, retrained: dict[str, torch.Tensor]) -> str:
     return f"{path.name} is kept unchanged (training it again gave {detail})."
 
 
-def _kohya_tensors(peft_state, backend: TrainingBackend, config: TrainConfig) -> dict[str, torch.Tensor]:
+def _kohya_tensors(peft_state, extras: LoraExtras, backend: TrainingBackend,
+                   config: TrainConfig) -> dict[str, torch.Tensor]:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[config.save_precision]
-    return peft_to_kohya(peft_state, alpha=config.alpha, arch=backend.arch,
-                         layers_per_block=backend.layers_per_block, source_naming=backend.naming, dtype=dtype)
+    tensors = peft_to_kohya(peft_state, alpha=config.alpha, arch=backend.arch,
+                            layers_per_block=backend.layers_per_block, source_naming=backend.naming, dtype=dtype,
+                            conv_alpha=config.options.conv_alpha)
+    tensors.update(extras.kohya_tensors(arch=backend.arch, layers_per_block=backend.layers_per_block,
+                                        naming=backend.naming, dtype=dtype))
+    return tensors
 
 
 def _metadata(backend, dataset: Dataset, config: TrainConfig, shuffle: ShuffleSettings, output_name: str,
-              epoch: int, steps: int, spe: int, comment: str, session_id: str, started_at: float) -> dict:
+              epoch: int, steps: int, spe: int, comment: str, session_id: str, started_at: float,
+              dtype: torch.dtype) -> dict:
     folder = dataset.folder.name
     res = dataset.resolution
     return build_metadata(
@@ -471,7 +498,8 @@ def _metadata(backend, dataset: Dataset, config: TrainConfig, shuffle: ShuffleSe
         dataset_dirs={f"{dataset.repeats}_{folder}": {"n_repeats": dataset.repeats,
                                                       "img_count": len(dataset.items)}},
         tag_frequency={f"{dataset.repeats}_{folder}": tag_frequency(dataset, shuffle.separator)},
-        bucket_info={"buckets": {f"{w}x{h}": n for (w, h), n in dataset.bucket_counts().items()}},
+        bucket_info=kohya_bucket_info(dataset), buckets=dataset.buckets, mixed_precision=dtype,
+        max_token_length=getattr(backend, "max_token_length", None), dora_wd_on_output=False,
         shuffle_caption=shuffle.enabled, keep_tokens=shuffle.keep_tokens, caption_separator=shuffle.separator,
         resolution=(res, res), optimizer_repr=describe_optimizer(config), base_model_name=backend.model_name,
         training_comment=comment, session_id=session_id, started_at=started_at, seed=config.seed,

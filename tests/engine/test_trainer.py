@@ -65,13 +65,13 @@ def test_every_epoch_is_a_kohya_file_and_the_model_is_restored(tmp_path, dataset
     modules_before = {n: type(m) for n, m in model.unet.named_modules()}
     seen_captions = []
     backend = DiffusersBackend(model)
-    original_loss = backend.loss
+    original_predict = backend.predict
 
-    def spy(latents, captions, geometry, generator):
+    def spy(latents, noise, timesteps, captions, geometry):
         seen_captions.append(list(captions))
-        return original_loss(latents, captions, geometry, generator)
+        return original_predict(latents, noise, timesteps, captions, geometry)
 
-    backend.loss = spy
+    backend.predict = spy
     steps = []
     result = train_lora(backend, dataset, CONFIG, runs_root=tmp_path / "runs", output_name="demo",
                         callbacks=TrainCallbacks(on_step=steps.append))
@@ -158,15 +158,15 @@ def test_changed_settings_start_a_new_run(tmp_path, dataset, model):
 
 def test_non_finite_loss_stops_with_advice_and_keeps_finished_epochs(tmp_path, dataset, model):
     backend = DiffusersBackend(model)
-    original = backend.loss
+    original = backend.predict
     calls = []
 
     def nan_in_epoch_two(*args):
         calls.append(1)
-        loss = original(*args)
-        return loss * float("nan") if len(calls) == 6 else loss
+        pred, target = original(*args)
+        return (pred * float("nan") if len(calls) == 6 else pred), target
 
-    backend.loss = nan_in_epoch_two
+    backend.predict = nan_in_epoch_two
     before = _unet_output(model.unet)
     with pytest.raises(TrainingStopped, match="epoch 2") as err:
         train_lora(backend, dataset, CONFIG, runs_root=tmp_path, output_name="r")
@@ -223,7 +223,7 @@ def test_long_captions_are_encoded_in_chunks_not_cut(model):
 
 def test_out_of_memory_names_the_settings_to_change_in_order_with_what_each_saves(tmp_path, dataset, model):
     backend = DiffusersBackend(model)
-    original = backend.loss
+    original = backend.predict
     calls = []
 
     def out_of_memory_in_epoch_two(*args):
@@ -232,7 +232,7 @@ def test_out_of_memory_names_the_settings_to_change_in_order_with_what_each_save
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(*args)
 
-    backend.loss = out_of_memory_in_epoch_two
+    backend.predict = out_of_memory_in_epoch_two
     before = _unet_output(model.unet)
     with pytest.raises(StyleLoRAError, match="Out of memory") as err:
         train_lora(backend, dataset, CONFIG, runs_root=tmp_path, output_name="r")

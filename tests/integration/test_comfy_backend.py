@@ -209,11 +209,11 @@ def test_sdxl_loss_uses_pooled_output_and_size_conditioning(mm):
     backend.begin_training(dtype=torch.float32, gradient_checkpointing=False)
     try:
         geometry = [SampleGeometry((48, 40), (4, 0), (32, 32)), SampleGeometry((32, 64), (0, 16), (32, 32))]
-        loss = backend.loss(torch.randn(2, 4, 4, 4), ["a short one", "a much longer caption " * 3], geometry,
-                            torch.Generator().manual_seed(0))
+        pred, target = backend.predict(torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.tensor([10, 900]),
+                                       ["a short one", "a much longer caption " * 3], geometry)
     finally:
         backend.end_training()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(pred).all() and pred.shape == target.shape
     call = unet.calls[-1]
     assert call["y"].shape == (2, 8 + 6)
     assert model.model.adm_calls == [
@@ -277,11 +277,11 @@ def test_training_steps_use_pytorch_sdpa_through_the_attention_override(attentio
     unet = backend.lora_module()
     backend.begin_training(dtype=torch.float32, gradient_checkpointing=False)
     try:
-        loss = backend.loss(torch.randn(1, 4, 4, 4), ["a caption"], [SampleGeometry((32, 32), (0, 0), (32, 32))],
-                            torch.Generator().manual_seed(0))
+        pred, _ = backend.predict(torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4), torch.tensor([10]), ["a caption"],
+                                  [SampleGeometry((32, 32), (0, 0), (32, 32))])
     finally:
         backend.end_training()
-    assert torch.isfinite(loss) and "optimized_attention_override" in unet.calls[-1]["transformer_options"]
+    assert torch.isfinite(pred).all() and "optimized_attention_override" in unet.calls[-1]["transformer_options"]
     # 3 transformer blocks × (self + cross attention), each through attention_pytorch, outside the wrapper
     assert len(attention.calls) == 6 and all(c["inside_wrapper"] for c in attention.calls)
     # the override lives in the options of training steps only: the MODEL's own options are untouched
@@ -346,13 +346,13 @@ def test_with_cached_latents_the_vae_is_set_aside_while_training_and_comes_back(
     before = {k: v.clone() for k, v in vae.first_stage_model.state_dict().items()}
     backend = ComfyBackend(model, clip, vae)
     sizes_in_training = []
-    real_loss = backend.loss
+    real_predict = backend.predict
 
-    def loss(*args):
+    def predict(*args):
         sizes_in_training.append(sum(p.numel() for p in vae.first_stage_model.parameters()))
-        return real_loss(*args)
+        return real_predict(*args)
 
-    backend.loss = loss
+    backend.predict = predict
     config = TrainConfig(rank=2, alpha=1.0, epochs=1, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
                          mixed_precision="fp32", cache_latents=True)
     train_lora(backend, _dataset(tmp_path), config, runs_root=tmp_path / "runs", output_name="v")

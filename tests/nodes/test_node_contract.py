@@ -10,7 +10,7 @@ from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPP
 
 EXPECTED_IDS = {
     "StyleLoRALoadDataset", "StyleLoRACaptionEditor", "StyleLoRAShuffleCaption",
-    "StyleLoRATrain", "StyleLoRASaveEpochs", "StyleLoRAEpochWeightGrid",
+    "StyleLoRATrain", "StyleLoRATrainOptions", "StyleLoRASaveEpochs", "StyleLoRAEpochWeightGrid",
 }
 CORE_TYPES = {"MODEL", "CLIP", "VAE", "IMAGE", "STRING", "INT", "FLOAT", "BOOLEAN", "LATENT", "CONDITIONING"}
 # Core node ids already taken (ComfyUI's training and LoRA nodes): ours must not collide.
@@ -51,8 +51,9 @@ def test_input_types_follow_comfyui_rules(node_id):
         assert rt in CORE_TYPES or rt.startswith("STYLE_LORA_"), rt
     fn = getattr(cls, cls.FUNCTION)
     params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for section, name, entry in _walk_inputs(cls):
-        assert name in params, f"{node_id}.{cls.FUNCTION} does not accept input {name!r}"
+        assert name in params or takes_any, f"{node_id}.{cls.FUNCTION} does not accept input {name!r}"
         if section == "optional":
             assert params[name].default is not inspect.Parameter.empty, f"optional {name} needs a default"
         if section == "hidden":
@@ -80,7 +81,7 @@ def test_input_types_follow_comfyui_rules(node_id):
     # Every required parameter of the function is an input (ComfyUI passes only declared inputs).
     declared = {name for _, name, _ in _walk_inputs(cls)}
     for name, p in params.items():
-        if name != "self" and p.default is inspect.Parameter.empty:
+        if name != "self" and p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD:
             assert name in declared, f"{node_id}.{cls.FUNCTION} needs {name!r} but it is not an input"
 
 
