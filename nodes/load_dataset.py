@@ -13,6 +13,7 @@ from ..style_lora_engine.config import check_text
 from ..style_lora_engine.dataset import Dataset, folder_signature, load_dataset
 from ..style_lora_engine.errors import DatasetError
 from ..style_lora_engine.lint import lint_dataset
+from ..style_lora_engine.loss_masks import MASK_SOURCES, MASKS_FOLDER
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -49,27 +50,36 @@ class StyleLoRALoadDataset:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "Connect to check captions against the text encoder's 75-token window."}),
+                "masks": (list(MASK_SOURCES), {"default": "none", "tooltip":
+                          "Loss masks for Train Options' masked_loss (kohya): each image's alpha channel, or a "
+                          "same-name image in the dataset's masks/ folder. White trains, black is ignored."}),
             },
         }
 
     @classmethod
-    def IS_CHANGED(cls, folder: Any = None, caption_extension: Any = None, **_: Any) -> str | float:
+    def IS_CHANGED(cls, folder: Any = None, caption_extension: Any = None, masks: Any = "none",
+                   **_: Any) -> str | float:
         """ComfyUI reuses the cached dataset while this value stays the same: a stat-only digest of the
-        images and captions the folder holds (the other widgets are already in ComfyUI's cache key)."""
+        images and captions the folder holds, and of its masks/ folder when masks come from there (the
+        other widgets are already in ComfyUI's cache key)."""
         try:
-            return folder_signature(resolve_dataset_folder(folder), caption_extension)
+            resolved = resolve_dataset_folder(folder)
+            signature = folder_signature(resolved, caption_extension)
+            if masks == "masks folder" and (resolved / MASKS_FOLDER).is_dir():
+                signature += "+" + folder_signature(resolved / MASKS_FOLDER, caption_extension)
+            return signature
         except Exception:  # any problem: NaN never equals itself, so load() runs and reports it
             return float("nan")
 
     def load(self, folder: str, caption_extension: str, repeats: int, resolution: int, enable_bucket: bool,
              min_bucket_size: int, max_bucket_size: int, bucket_step: int, bucket_no_upscale: bool,
-             skip_unreadable: bool, clip: Any = None) -> tuple[Dataset, str]:
+             skip_unreadable: bool, clip: Any = None, masks: str = "none") -> tuple[Dataset, str]:
         buckets = BucketSettings(enabled=enable_bucket, min_size=min_bucket_size, max_size=max_bucket_size,
                                  step=bucket_step, no_upscale=bucket_no_upscale)
         folder = check_text(folder, "folder", error=DatasetError)
         dataset = load_dataset(resolve_dataset_folder(folder), caption_extension=caption_extension,
                                repeats=repeats, resolution=resolution, buckets=buckets,
-                               skip_unreadable=skip_unreadable)
+                               skip_unreadable=skip_unreadable, masks=masks)
         for _path, reason in dataset.skipped:
             log.warning("Style LoRA dataset: skipped %s", reason)
         report = lint_dataset(dataset, count_tokens=tokens.token_counter(clip),

@@ -18,6 +18,7 @@ from .buckets import BucketSettings, assign_bucket
 from .config import check_bool, check_int
 from .errors import DatasetError, StyleLoRAError
 from .images import IMAGE_EXTENSIONS, is_image_file, open_image_rgb
+from .loss_masks import MaskScan, scan_masks
 from .shuffle import ShuffleSettings
 
 MIN_REPEATS = 1
@@ -53,6 +54,11 @@ class Dataset:
     buckets: BucketSettings
     skipped: tuple[tuple[Path, str], ...]
     shuffle: ShuffleSettings | None = None
+    masks: MaskScan | None = None  # loss masks (masked_loss), one per item; None: no mask source chosen
+
+    def item_masks(self) -> tuple:
+        """The mask of each item (``loss_masks.ItemMask`` or None), in item order."""
+        return self.masks.masks if self.masks is not None else tuple(None for _ in self.items)
 
     def captions(self) -> list[str]:
         return [item.caption for item in self.items]
@@ -101,6 +107,8 @@ class Dataset:
             "captions_missing": sum(1 for item in self.items if item.caption_missing),
             "skipped": [path.name for path, _ in self.skipped],
             "shuffle": self.shuffle.to_json_dict() if self.shuffle is not None else None,
+            **({"masks": {"source": self.masks.source, "with_mask": self.masks.count()}}
+               if self.masks is not None and self.masks.source != "none" else {}),
         }
 
 
@@ -242,6 +250,7 @@ def load_dataset(
     resolution: int = 512,
     buckets: BucketSettings = BucketSettings(),
     skip_unreadable: bool = False,
+    masks: str = "none",
 ) -> Dataset:
     """Scan the top level of ``folder`` (no subfolders, no hidden files) in sorted name order.
 
@@ -249,6 +258,7 @@ def load_dataset(
     reported now, not halfway through training. An image or caption file that cannot be used (not
     decodable, a caption not in UTF-8, a link leading outside the folder) raises ``DatasetError``
     naming it, or with ``skip_unreadable`` leaves that image out and is listed in ``skipped``.
+    ``masks``: where loss masks come from ("none", "alpha channel", "masks folder": ``<folder>/masks/``).
     """
     if not isinstance(folder, (str, os.PathLike)):
         raise DatasetError(f"folder must be text (the path of a folder with your training images), got {folder!r}.")
@@ -281,7 +291,9 @@ def load_dataset(
 
     if not items:
         raise _no_images_error(folder_path, entries, skipped)
+    mask_scan = scan_masks(folder_path, tuple(items), masks) if masks != "none" else None
     return Dataset(
+        masks=mask_scan,
         folder=folder_path,
         items=tuple(items),
         repeats=repeats,

@@ -136,6 +136,12 @@ def lint_dataset(
     for path, reason in dataset.skipped:
         add("warning", "image_skipped", f"Skipped, unreadable: {reason}", path.name)
 
+    if dataset.masks is not None and dataset.masks.source != "none":
+        for file, problem in dataset.masks.problems:
+            add("warning", "mask_problem", problem, file)
+        add("info", "masks", f"{dataset.masks.count()} of {n_images} images have a loss mask "
+            f"({dataset.masks.source}); they count only with Train Options' masked_loss on.")
+
     buckets = ", ".join(f"{w}x{h} ({n})" for (w, h), n in dataset.bucket_counts().items())
     add(
         "info",

@@ -42,6 +42,7 @@ from .lora_file import build_metadata, epoch_file_name, kohya_bucket_info, list_
 from .lora_keys import peft_to_kohya
 from .lora_network import LoraExtras, build_lora_config, install_extras
 from .loss_functions import training_loss
+from .loss_masks import prepare_mask
 from .memory_advice import out_of_memory_advice
 from .noise import draw_noise, draw_timesteps
 from .optimizers import build_optimizer, describe_optimizer, effective_lr
@@ -141,6 +142,8 @@ def run_fingerprint(backend: TrainingBackend, dataset: Dataset, config: TrainCon
         (item.image_path.name, item.pixel_hash, item.caption, list(item.bucket)) for item in dataset.items
     ]
     shuffle = dataset.shuffle.__dict__ if dataset.shuffle else None
+    if dataset.masks is not None and dataset.masks.source != "none":  # an edited mask is another run
+        items.append(("masks", dataset.masks.source, [m.digest if m else None for m in dataset.masks.masks]))
     # A backend may name its weights more precisely than its display name (ComfyUI: checkpoint + a
     # digest of the weights and of upstream patches), so runs on different weights never resume each other.
     model_id = getattr(backend, "model_identity", None) or backend.model_name
@@ -151,9 +154,14 @@ def run_fingerprint(backend: TrainingBackend, dataset: Dataset, config: TrainCon
 class _LatentSource:
     """Latents per item: encoded once up front (cache) or on demand each step."""
 
-    def __init__(self, backend: TrainingBackend, dataset: Dataset, cache: bool, on_message) -> None:
+    def __init__(self, backend: TrainingBackend, dataset: Dataset, cache: bool, on_message,
+                 masked: bool = False) -> None:
         self.backend, self.dataset, self.cache = backend, dataset, cache
         self._cached: dict[int, torch.Tensor] = {}
+        # Masks at the bucket size (a few MB for a dataset); the loss averages them down to the latent.
+        self._masks = ({i: prepare_mask(m, item.bucket)
+                        for i, (item, m) in enumerate(zip(dataset.items, dataset.item_masks(), strict=True))}
+                       if masked else None)
         if cache:
             if on_message:
                 on_message(f"Caching latents of {len(dataset.items)} images")
@@ -169,7 +177,7 @@ class _LatentSource:
 
     def masks(self, indices: list[int]) -> torch.Tensor | None:
         """Loss masks [B,1,H,W] of the batch (pixel size; the loss resizes them), or None without masked loss."""
-        return None
+        return None if self._masks is None else torch.stack([self._masks[i] for i in indices])
 
     def batch(self, indices: list[int]) -> torch.Tensor:
         if self.cache:
@@ -314,6 +322,8 @@ def _train_in_folder(
     elif resume is not None:
         say(f"Resuming from epoch {resume.epoch} of {config.epochs} ({run_dir}).")
 
+    if config.options.masked_loss:
+        _check_masks(dataset, say)
     dtype = resolve_dtype(config.mixed_precision, backend.device)
     shuffle = dataset.shuffle or ShuffleSettings(enabled=False)
     unet = backend.lora_module()
@@ -323,7 +333,7 @@ def _train_in_folder(
     lora_model, lora_params, optimizer, extras = None, [], None, None
     resume_writer = ResumeWriter()
     try:
-        latents = _LatentSource(backend, dataset, config.cache_latents, say)
+        latents = _LatentSource(backend, dataset, config.cache_latents, say, masked=config.options.masked_loss)
         if config.cache_latents and hasattr(backend, "latents_cached"):
             backend.latents_cached()  # the backend may free what only encoding needed
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
@@ -462,6 +472,17 @@ def _train_in_folder(
                 lora_model.unload()  # put the original layers back: the user's model is unchanged
             backend.end_training()
     return result
+
+
+def _check_masks(dataset: Dataset, say: Callable[[str], None]) -> None:
+    count = sum(1 for m in dataset.item_masks() if m is not None)
+    if not count:
+        raise StyleLoRAError(
+            f"masked_loss is on but no image of {dataset.folder} has a mask. Set Load Dataset's masks to 'alpha "
+            "channel' (PNG transparency marks what not to train) or 'masks folder' (a same-name image in "
+            f"{dataset.folder / 'masks'}, white = train, black = ignore), or turn masked_loss off.")
+    say(f"Masked loss: {count} of {len(dataset.items)} images have a mask ({dataset.masks.source}); "
+        "the others train on the whole image.")
 
 
 def _kept_epoch_message(path: Path, retrained: dict[str, torch.Tensor]) -> str:

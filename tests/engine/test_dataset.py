@@ -213,7 +213,7 @@ def test_bucketing_disabled_uses_square(tmp_path: Path) -> None:
 def test_dataset_type_exported() -> None:
     fields = {f.name for f in dataclasses.fields(Dataset)}
     assert fields == {
-        "folder", "items", "repeats", "resolution", "caption_extension", "buckets", "skipped", "shuffle",
+        "folder", "items", "repeats", "resolution", "caption_extension", "buckets", "skipped", "shuffle", "masks",
     }
 
 
