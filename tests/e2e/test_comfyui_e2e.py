@@ -104,6 +104,18 @@ def _train_graph(server, folder: str, name: str, epochs: int, checkpointing: boo
     return graph
 
 
+def _grid_nodes(model_ref) -> dict:
+    """Epoch × Weight Grid (weights 0 and 1.0, the KSampler settings above) on Save Epochs "save", previewed."""
+    return {
+        "grid": {"class_type": "StyleLoRAEpochWeightGrid", "inputs": {
+            "model": model_ref, "clip": ["ckpt", 1], "vae": ["ckpt", 2], "prompts": PROMPT,
+            "negative": NEGATIVE, "weights": "0, 1.0", "epochs_to_show": "all", "seed": SEED, "images_per_prompt": 1,
+            "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "width": SIZE,
+            "height": SIZE, "epochs": ["save", 0], "lora_name": ""}},
+        "grid_img": {"class_type": "PreviewImage", "inputs": {"images": ["grid", 0]}},
+    }
+
+
 def _image(server, entry: dict, node: str) -> np.ndarray:
     images = entry["outputs"][node]["images"]
     assert len(images) == 1, images
@@ -150,12 +162,7 @@ def full_run(comfy_server):
                          "inputs": {"model": ["gate_after", 0], "wait_for": ["a_dec", 0]}}
     graph["gate_grid"] = {"class_type": "StyleLoRATestGate", "inputs": {"model": ["gate_after", 0],
                                                                          "wait_for": ["a_digest", 0]}}
-    graph["grid"] = {"class_type": "StyleLoRAEpochWeightGrid", "inputs": {
-        "model": ["gate_grid", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "prompts": PROMPT,
-        "negative": NEGATIVE, "weights": "0, 1.0", "epochs_to_show": "all", "seed": SEED, "images_per_prompt": 1,
-        "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "width": SIZE, "height": SIZE,
-        "epochs": ["save", 0], "lora_name": ""}}
-    graph["grid_img"] = {"class_type": "PreviewImage", "inputs": {"images": ["grid", 0]}}
+    graph.update(_grid_nodes(["gate_grid", 0]))
     graph["plot_img"] = {"class_type": "PreviewImage", "inputs": {"images": ["train", 1]}}
 
     client_id = new_client_id()

@@ -18,14 +18,10 @@ from comfy_harness import error_text
 from PIL import Image
 from safetensors import safe_open
 from test_comfyui_e2e import (
-    CFG,
-    NEGATIVE,
-    PROMPT,
-    SEED,
     SIZE,
-    STEPS,
     _dataset,
     _grid_cell,
+    _grid_nodes,
     _image,
     _ksampler_nodes,
     _train_graph,
@@ -54,12 +50,7 @@ def _options_graph(server, folder: str, name: str, options: dict) -> dict:
     graph["train"]["inputs"]["options"] = ["opts", 0]
     graph["save"] = {"class_type": "StyleLoRASaveEpochs", "inputs": {
         "run": ["train", 0], "name": name, "save": "all", "n": 1, "subfolder": SUBFOLDER, "overwrite": False}}
-    graph["grid"] = {"class_type": "StyleLoRAEpochWeightGrid", "inputs": {
-        "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "prompts": PROMPT,
-        "negative": NEGATIVE, "weights": "0, 1.0", "epochs_to_show": "all", "seed": SEED, "images_per_prompt": 1,
-        "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "normal", "width": SIZE, "height": SIZE,
-        "epochs": ["save", 0], "lora_name": ""}}
-    graph["grid_img"] = {"class_type": "PreviewImage", "inputs": {"images": ["grid", 0]}}
+    graph.update(_grid_nodes(["ckpt", 0]))
     return graph
 
 

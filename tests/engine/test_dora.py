@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig, get_peft_model_state_dict
 from peft.tuners.lora import LoraModel
+from tiny_unets import TINY
 from torch import nn
 
 from style_lora_trainer.style_lora_engine.config import TrainConfig
@@ -226,20 +227,6 @@ def test_disabled_adapter_skips_dora() -> None:
 # --------------------------------------------------------------------------------------------
 # on a U-Net: the extras API and the kohya keys
 
-SD15_TINY = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-)
-SDXL_TINY = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32, attention_head_dim=(2, 4, 4),
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-    projection_class_embeddings_input_dim=8 * 6 + 32,
-)
-TINY = {"sd15": (SD15_TINY, 1), "sdxl": (SDXL_TINY, 2)}
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -14,7 +15,9 @@ from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset
 from style_lora_trainer.style_lora_engine.errors import StyleLoRAError, TrainingStopped
+from style_lora_trainer.style_lora_engine.lora_file import read_lora_metadata
 from style_lora_trainer.style_lora_engine.shuffle import ShuffleSettings
+from style_lora_trainer.style_lora_engine.train_options import TrainOptions
 from style_lora_trainer.style_lora_engine.trainer import (
     ADAPTER,
     TrainCallbacks,
@@ -24,6 +27,10 @@ from style_lora_trainer.style_lora_engine.trainer import (
 )
 
 CONFIG = TrainConfig(rank=4, alpha=2.0, epochs=2, batch_size=2, seed=3)
+# kohya's advanced options, all on (each formula is tested in test_noise / test_loss_functions / test_dora ...)
+ALL_ON = TrainOptions(min_snr_gamma=5.0, noise_offset=0.05, adaptive_noise_scale=0.01, multires_noise_iterations=3,
+                      min_timestep=100, max_timestep=900, loss_type="huber", conv_dim=4, conv_alpha=1.0,
+                      use_dora=True, network_dropout=0.1, rank_dropout=0.1, module_dropout=0.1)
 
 
 class Stop(Exception):
@@ -110,8 +117,11 @@ def test_every_epoch_is_a_kohya_file_and_the_model_is_restored(tmp_path, dataset
     assert torch.equal(_unet_output(model.unet), before)
 
 
-def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_path, dataset, clip_tokenizer):
-    reference = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset, CONFIG,
+@pytest.mark.parametrize("options", [TrainOptions(), ALL_ON], ids=["default", "every_option"])
+def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_path, dataset, clip_tokenizer,
+                                                                          options):
+    config = dataclasses.replace(CONFIG, options=options)  # every option: DoRA state and dropout draws resume too
+    reference = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset, config,
                            runs_root=tmp_path / "a", output_name="r")
 
     def stop_in_epoch_two(info):
@@ -120,7 +130,7 @@ def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_pat
 
     model = build_tiny_sd15(clip_tokenizer, seed=0)
     with pytest.raises(Stop):
-        train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r",
+        train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path / "b", output_name="r",
                    callbacks=TrainCallbacks(on_step=stop_in_epoch_two))
     run_dirs = list((tmp_path / "b").iterdir())
     assert len(run_dirs) == 1
@@ -131,7 +141,7 @@ def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_pat
     stale.write_bytes(b"half a file")
     epoch_one = (run_dirs[0] / "r-000001.safetensors").read_bytes()
 
-    resumed = train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r")
+    resumed = train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path / "b", output_name="r")
     assert resumed.resumed_from_epoch == 1
     assert not stale.exists()
     assert (run_dirs[0] / "r-000001.safetensors").read_bytes() == epoch_one  # finished epochs untouched
@@ -144,7 +154,7 @@ def test_stop_keeps_finished_epochs_and_rerun_resumes_to_the_same_result(tmp_pat
         assert all(torch.equal(a[k], b[k]) for k in a), f"epoch {epoch} differs after resume"
 
     # A finished run is not trained again.
-    again = train_lora(DiffusersBackend(model), dataset, CONFIG, runs_root=tmp_path / "b", output_name="r")
+    again = train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path / "b", output_name="r")
     assert again.resumed_from_epoch == 2 and sorted(again.epoch_files) == [1, 2]
 
 
@@ -280,3 +290,59 @@ def test_bf16_lora_layers_take_their_input_as_autocast_gives_it_and_follow_the_f
     mean = sum(fp32.losses) / len(fp32.losses)
     assert abs(sum(bf16.losses) / len(bf16.losses) - mean) < 0.1 * mean
     assert bf16.losses != fp32.losses
+
+
+# kohya's advanced options in the loop
+
+
+def test_with_options_off_each_step_is_the_plain_mse_on_the_plain_draws(tmp_path, dataset, clip_tokenizer):
+    """What every run did before the options existed: noise = randn, then t = randint(0, 1000), from one
+    generator seeded with the run's seed, and loss = MSE(pred, target)."""
+    backend = DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0))
+    seen = []
+    original = backend.predict
+
+    def spy(latents, noise, timesteps, captions, geometry):
+        pred, target = original(latents, noise, timesteps, captions, geometry)
+        seen.append((latents.shape, noise, timesteps, F.mse_loss(pred.float(), target.float()).item()))
+        return pred, target
+
+    backend.predict = spy
+    result = train_lora(backend, dataset, CONFIG, runs_root=tmp_path, output_name="r")
+    generator = torch.Generator().manual_seed(CONFIG.seed)
+    assert len(seen) == len(result.losses) == 8
+    for (shape, noise, timesteps, mse), loss in zip(seen, result.losses, strict=True):
+        assert torch.equal(noise, torch.randn(shape, generator=generator))
+        assert torch.equal(timesteps, torch.randint(0, 1000, (shape[0],), generator=generator))
+        assert loss == mse
+    default = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset,
+                         dataclasses.replace(CONFIG, options=TrainOptions()), runs_root=tmp_path, output_name="r")
+    assert default.run_dir == result.run_dir  # the same run: nothing to train again
+
+
+def test_all_options_train_write_locon_and_dora_keys_and_leave_the_model_unchanged(tmp_path, dataset,
+                                                                                  clip_tokenizer):
+    model = build_tiny_sd15(clip_tokenizer, seed=0)
+    before = _unet_output(model.unet)
+    config = dataclasses.replace(CONFIG, options=ALL_ON)
+    result = train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path, output_name="r")
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    tensors = load_file(str(result.epoch_files[2]))
+    conv_downs = [k for k in tensors if "resnets" in k and k.endswith("conv1.lora_down.weight")]
+    assert conv_downs and all(tensors[k].shape[0] == 4 and tensors[k].ndim == 4 for k in conv_downs)
+    scales = [k for k in tensors if k.endswith(".dora_scale")]
+    assert scales and all(tensors[k].shape[0] == 1 for k in scales)  # input-axis, as ComfyUI applies it
+    meta = read_lora_metadata(result.epoch_files[2])
+    assert meta["ss_min_snr_gamma"] == "5.0" and meta["ss_loss_type"] == "huber"
+    assert torch.equal(_unet_output(model.unet), before)  # LoRA, DoRA and dropout hooks all removed
+    assert not any("lora" in n or "dora" in n for n, _ in model.unet.named_parameters())
+
+
+def test_options_change_the_training(tmp_path, dataset, clip_tokenizer):
+    plain = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset, CONFIG,
+                       runs_root=tmp_path, output_name="r")
+    snr = train_lora(DiffusersBackend(build_tiny_sd15(clip_tokenizer, seed=0)), dataset,
+                     dataclasses.replace(CONFIG, options=TrainOptions(min_snr_gamma=1.0)),
+                     runs_root=tmp_path, output_name="r")
+    assert snr.run_dir != plain.run_dir
+    assert snr.losses != plain.losses
