@@ -92,3 +92,13 @@ def runs_dir() -> Path:
         return Path(folder_paths.get_output_directory()) / "style_lora_runs"
     env = os.environ.get("STYLE_LORA_OUTPUT_DIR")
     return (Path(env) if env else Path.cwd() / "style_lora_output") / "style_lora_runs"
+
+
+def temp_dir() -> Path:
+    """Where preview images go (training samples, the grid shown in its node): ComfyUI's temp folder,
+    which ComfyUI's ``/view?type=temp`` serves and wipes at start-up."""
+    folder_paths = _folder_paths()
+    if folder_paths is not None:
+        return Path(folder_paths.get_temp_directory())
+    env = os.environ.get("STYLE_LORA_OUTPUT_DIR")
+    return (Path(env) if env else Path.cwd() / "style_lora_output") / "temp"

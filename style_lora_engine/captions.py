@@ -6,6 +6,7 @@ here by the nodes and the canvas routes: one check for every caption extension a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,10 +153,16 @@ def edit_caption(caption: str, edits: CaptionEdits, file_name: str, separator: s
 
 
 def apply_edits(dataset: Dataset, edits: CaptionEdits, separator: str = ",") -> Dataset:
-    """A new dataset with ``edits`` applied to every item's current caption."""
-    return dataset.with_captions(
+    """A new dataset with ``edits`` applied to every item's current caption (held-out or folder validation
+    images too, so their captions read like the training ones)."""
+    edited = dataset.with_captions(
         [edit_caption(item.caption, edits, item.image_path.name, separator) for item in dataset.items]
     )
+    if dataset.validation is None:
+        return edited
+    validation = dataset.validation.with_captions(
+        [edit_caption(item.caption, edits, item.image_path.name, separator) for item in dataset.validation.items])
+    return dataclasses.replace(edited, validation=validation)
 
 
 def unknown_overrides(dataset: Dataset, edits: CaptionEdits) -> list[str]:

@@ -20,6 +20,7 @@ from .errors import DatasetError, StyleLoRAError
 from .images import IMAGE_EXTENSIONS, is_image_file, open_image_rgb
 from .loss_masks import MaskScan, scan_masks
 from .shuffle import ShuffleSettings
+from .validation_set import ValidationSet, training_images_validation
 
 MIN_REPEATS = 1
 MAX_REPEATS = 100
@@ -55,6 +56,12 @@ class Dataset:
     skipped: tuple[tuple[Path, str], ...]
     shuffle: ShuffleSettings | None = None
     masks: MaskScan | None = None  # loss masks (masked_loss), one per item; None: no mask source chosen
+    # Held-out or folder images for the validation loss; None: some of the training images (the default).
+    validation: ValidationSet | None = None
+
+    def validation_set(self) -> ValidationSet:
+        """The images the validation loss is measured on (``validation_set.py``)."""
+        return self.validation if self.validation is not None else training_images_validation(self.items)
 
     def item_masks(self) -> tuple:
         """The mask of each item (``loss_masks.ItemMask`` or None), in item order."""
@@ -109,6 +116,7 @@ class Dataset:
             "shuffle": self.shuffle.to_json_dict() if self.shuffle is not None else None,
             **({"masks": {"source": self.masks.source, "with_mask": self.masks.count()}}
                if self.masks is not None and self.masks.source != "none" else {}),
+            **({"validation": self.validation.describe()} if self.validation is not None else {}),
         }
 
 

@@ -23,6 +23,7 @@ With every option at its default, :func:`build_lora_config` is the plain LoRA co
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .errors import StyleLoRAError
@@ -470,3 +471,28 @@ __all__ = [
     "install_kohya_dropout",
     "lora_layers",
 ]
+
+
+@contextlib.contextmanager
+def lora_layers_detached(unet: nn.Module) -> Iterator[None]:
+    """The U-Net as it was before LoRA, for a while: every peft layer is swapped for its base layer and
+    peft's markers on the U-Net are hidden, so a host can load LoRA files onto it and sample exactly as
+    on the user's own model (ComfyUI patches weights by their original names; diffusers adds its own peft
+    adapters). Nothing is copied or re-created: the LoRA parameters, the optimizer's references to them,
+    the DoRA and dropout hooks on the peft layers all come back as they were."""
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent_name, _, child = name.rpartition(".")
+            swaps.append((unet.get_submodule(parent_name) if parent_name else unet, child, module))
+    hidden = {key: unet.__dict__.pop(key) for key in ("peft_config", "_hf_peft_config_loaded") if key in unet.__dict__}
+    for parent, child, module in swaps:
+        setattr(parent, child, module.get_base_layer())
+    try:
+        yield
+    finally:
+        for parent, child, module in swaps:
+            setattr(parent, child, module)
+        for key in ("peft_config", "_hf_peft_config_loaded"):
+            unet.__dict__.pop(key, None)  # what a host's own LoRA loading left (diffusers)
+        unet.__dict__.update(hidden)

@@ -2,8 +2,12 @@
 
 Per run: cache latents, inject LoRA (peft) into the backend's U-Net, then for each epoch go
 through every image ``repeats`` times in bucket-sized batches, shuffling captions per step.
-After each epoch the LoRA is written as its own kohya-format file (atomically) and the resume
-state is saved, so a crash or Stop keeps every finished epoch and a re-run continues.
+After each epoch the validation loss is measured (``validation_loss.py``; also once before training,
+epoch 0), the LoRA is written as its own kohya-format file (atomically) with that number in its
+metadata, and the resume state is saved, so a crash or Stop keeps every finished epoch and a re-run
+continues. A ``SampleHook`` may render samples of the base model (epoch 0) and of epoch files while the
+run goes on; training is paused around it (``_paused_for_sampling``) so that the host samples the user's
+own model exactly as after training, and the run's numbers do not change.
 
 A finished epoch file is never rewritten. A kill between an epoch file and its resume state leaves
 files the state does not cover: the re-run trains those epochs again from the state it has (to
@@ -40,7 +44,7 @@ from .folder_lock import FolderBusy, folder_lock
 from .images import open_image_rgb, prepare_image
 from .lora_file import build_metadata, epoch_file_name, kohya_bucket_info, list_epoch_files, save_lora_file
 from .lora_keys import peft_to_kohya
-from .lora_network import LoraExtras, build_lora_config, install_extras
+from .lora_network import LoraExtras, build_lora_config, install_extras, lora_layers_detached
 from .loss_functions import training_loss
 from .loss_masks import prepare_mask
 from .memory_advice import out_of_memory_advice
@@ -49,6 +53,7 @@ from .optimizers import build_optimizer, describe_optimizer, effective_lr
 from .resume_state import ResumeState, ResumeStateUnusable, ResumeWriter, load_resume_state
 from .schedules import build_lr_scheduler
 from .shuffle import ShuffleSettings, shuffle_caption
+from .validation_loss import ValidationLoss
 
 ADAPTER = "style_lora"
 DORA_SUFFIX = ".dora_scale"  # resume-state keys of the DoRA magnitudes (LoraExtras.state_dict)
@@ -80,6 +85,31 @@ class EpochInfo:
     global_step: int
     path: Path
     mean_loss: float
+    validation_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class ValidationInfo:
+    epoch: int  # 0: before training
+    global_step: int
+    loss: float
+    source: str  # ValidationSet.describe()
+
+
+@dataclass(frozen=True)
+class SampleHook:
+    """Samples while training: ``render(epoch, lora_file)`` is called for epoch 0 (``lora_file`` None: the
+    base model, when ``include_base``) and after every ``every_n_epochs``-th epoch (and the last) is saved.
+    Training is paused around each call; its time is counted apart from training's."""
+
+    render: Callable[[int, Path | None], None]
+    every_n_epochs: int = 1
+    include_base: bool = True
+
+    def wants(self, epoch: int, num_epochs: int) -> bool:
+        if epoch == 0:
+            return self.include_base
+        return epoch % self.every_n_epochs == 0 or epoch == num_epochs
 
 
 @dataclass
@@ -89,6 +119,10 @@ class TrainCallbacks:
     on_step: Callable[[StepInfo], None] | None = None
     on_epoch: Callable[[EpochInfo], None] | None = None
     on_message: Callable[[str], None] | None = None
+    # (total_steps, steps_per_epoch, start_step): once, before the epoch-0 validation and the first step.
+    on_start: Callable[[int, int, int], None] | None = None
+    on_validation: Callable[[ValidationInfo], None] | None = None
+    sampler: SampleHook | None = None
 
 
 @dataclass
@@ -104,6 +138,15 @@ class TrainResult:
     epoch_end_steps: list[int] = field(default_factory=list)
     resumed_from_epoch: int = 0
     steps_per_epoch: int = 0
+    # (epoch, global step, validation loss); epoch 0 is before training.
+    validation: list[tuple[int, int, float]] = field(default_factory=list)
+    validation_source: str = ""
+    training_seconds: float = 0.0  # the steps only (this session), without validation and sampling
+    validation_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+
+    def validation_loss(self, epoch: int) -> float | None:
+        return next((loss for e, _, loss in self.validation if e == epoch), None)
 
 
 def resolve_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
@@ -308,6 +351,13 @@ def _train_in_folder(
         result.lrs = list(resume.history.get("lrs", []))
         result.dlrs = list(resume.history.get("dlrs", []))
         result.epoch_end_steps = list(resume.history.get("epoch_end_steps", []))
+        saved_source = resume.history.get("validation_set", "")
+        current_source = dataset.validation_set().describe()
+        if saved_source == current_source:
+            result.validation = [(int(e), int(st), float(v)) for e, st, v in resume.history.get("validation", [])]
+        elif saved_source:
+            say(f"The validation set changed since the last session ({saved_source} → {current_source}): the "
+                "earlier epochs' validation losses were measured on other images and are left out.")
     result.epoch_files = {e: p for e, p in existing.items() if e <= done}
     if all(e in existing for e in range(done + 1, config.epochs + 1)):
         result.epoch_files = dict(existing)
@@ -334,6 +384,8 @@ def _train_in_folder(
     resume_writer = ResumeWriter()
     try:
         latents = _LatentSource(backend, dataset, config.cache_latents, say, masked=config.options.masked_loss)
+        validation = ValidationLoss(backend, dataset.validation_set(), config.seed)  # encoded while the VAE is here
+        result.validation_source = validation.describe()
         if config.cache_latents and hasattr(backend, "latents_cached"):
             backend.latents_cached()  # the backend may free what only encoding needed
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
@@ -375,6 +427,34 @@ def _train_in_folder(
 
         session_id = uuid.uuid4().hex
         started_at = time.time()
+        if callbacks.on_start:
+            callbacks.on_start(total_steps, spe, global_step)
+
+        def pause_for_sampling():
+            return _paused_for_sampling(backend, unet, dtype, config)
+
+        def measure_validation(epoch: int) -> float:
+            began = time.perf_counter()
+            value = validation.measure(unet)
+            result.validation = [v for v in result.validation if v[0] != epoch] + [(epoch, global_step, value)]
+            result.validation_seconds += time.perf_counter() - began
+            if callbacks.on_validation:
+                callbacks.on_validation(ValidationInfo(epoch, global_step, value, result.validation_source))
+            return value
+
+        def render_samples(epoch: int, path: Path | None) -> None:
+            sampler = callbacks.sampler
+            if sampler is None or not sampler.wants(epoch, config.epochs):
+                return
+            began = time.perf_counter()
+            with pause_for_sampling():
+                sampler.render(epoch, path)
+            result.sampling_seconds += time.perf_counter() - began
+
+        if start_epoch == 1:
+            # Before any step: the LoRA starts as a no-op (lora_B = 0), so this is the base model's value.
+            measure_validation(0)
+            render_samples(0, None)
         step_timer = time.perf_counter()
         per_step = 0.0
         for epoch in range(start_epoch, config.epochs + 1):
@@ -420,12 +500,15 @@ def _train_in_folder(
                 result.dlrs.append(dlr)
                 now = time.perf_counter()
                 elapsed, step_timer = now - step_timer, now
+                result.training_seconds += elapsed
                 per_step = elapsed if per_step == 0 else 0.9 * per_step + 0.1 * elapsed
                 if callbacks.on_step:
                     callbacks.on_step(StepInfo(epoch, config.epochs, step_in_epoch, spe, global_step,
                                                total_steps, value, lr, dlr, per_step))
 
             result.epoch_end_steps.append(global_step)
+            mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+            validation_loss = measure_validation(epoch)
             peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
             path = run_dir / epoch_file_name(output_name, epoch)
             tensors = _kohya_tensors(peft_state, extras, backend, config)
@@ -433,9 +516,10 @@ def _train_in_folder(
             if epoch in kept and path.is_file():
                 say(_kept_epoch_message(path, tensors))
             else:
-                save_lora_file(path, tensors, _metadata(backend, dataset, config, shuffle, output_name, epoch,
-                                                        global_step, spe, training_comment, session_id, started_at,
-                                                        dtype))
+                metadata = _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
+                                     training_comment, session_id, started_at, dtype)
+                metadata.update(_epoch_numbers(result, validation, epoch, mean_loss))
+                save_lora_file(path, tensors, metadata)
             # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
             # of optimizer state, is snapshotted here and written while the next epoch trains.
             resume_writer.submit(run_dir, ResumeState(
@@ -443,13 +527,17 @@ def _train_in_folder(
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 noise_rng=noise_rng.get_state(),
                 history={"losses": result.losses, "lrs": result.lrs, "dlrs": result.dlrs,
-                         "epoch_end_steps": result.epoch_end_steps},
+                         "epoch_end_steps": result.epoch_end_steps,
+                         "validation": [list(v) for v in result.validation],
+                         "validation_set": result.validation_source},
             ))
             result.epoch_files[epoch] = path
-            mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
-            say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f})")
+            say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f}, validation loss "
+                f"{validation_loss:.4f})")
             if callbacks.on_epoch:
-                callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss))
+                callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss, validation_loss))
+            render_samples(epoch, path)
+            step_timer = time.perf_counter()  # validation, saving and sampling are not a step's time
         resume_writer.wait()
     except torch.OutOfMemoryError as exc:
         advice = out_of_memory_advice(
@@ -472,6 +560,35 @@ def _train_in_folder(
                 lora_model.unload()  # put the original layers back: the user's model is unchanged
             backend.end_training()
     return result
+
+
+@contextlib.contextmanager
+def _paused_for_sampling(backend: TrainingBackend, unet: torch.nn.Module, dtype: torch.dtype, config: TrainConfig):
+    """Training set aside while a host samples: the LoRA layers detached, the backend's training state
+    undone (the user's own weights, text encoder and VAE back, as after training) and redone afterwards;
+    the global RNGs are forked so sampling's seeding does not reach training. The run then goes on exactly
+    as without sampling (its draws come from the run's own generator)."""
+    devices = [backend.device] if backend.device.type == "cuda" else []
+    with lora_layers_detached(unet), torch.random.fork_rng(devices=devices):
+        backend.end_training()
+        try:
+            yield
+        finally:
+            backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
+            if config.cache_latents and hasattr(backend, "latents_cached"):
+                backend.latents_cached()
+
+
+def _epoch_numbers(result: TrainResult, validation: ValidationLoss, epoch: int, mean_loss: float) -> dict[str, str]:
+    """The sweet-spot finder's numbers in an epoch file's metadata (``docs/kohya-metadata.md``)."""
+    numbers = {"ss_epoch_mean_loss": repr(float(mean_loss)),
+               "ss_validation_set": json.dumps(validation.to_json_dict())}
+    value, base = result.validation_loss(epoch), result.validation_loss(0)
+    if value is not None:
+        numbers["ss_validation_loss"] = repr(float(value))
+    if base is not None:
+        numbers["ss_validation_loss_base"] = repr(float(base))
+    return numbers
 
 
 def _check_masks(dataset: Dataset, say: Callable[[str], None]) -> None:
