@@ -14,7 +14,7 @@ MAX_POINTS = 20_000  # 100 images x 10 repeats x 20 epochs at batch 1
 def _idle(node: str) -> dict[str, Any]:
     return {"node": node, "run": None, "state": "idle", "message": "", "total_steps": 0, "num_epochs": 0,
             "steps_per_epoch": 0, "start_step": 0, "eta_seconds": None, "points": [], "epochs": [],
-            "updated": None}
+            "validation": [], "samples": [], "validation_source": "", "updated": None}
 
 
 class TrainingHistory:
@@ -48,11 +48,29 @@ class TrainingHistory:
             entry["eta_seconds"] = eta_seconds
             entry["updated"] = time.time()
 
-    def epoch(self, node: str, run: str, *, epoch: int, step: int, file: str, mean_loss: float) -> None:
+    def epoch(self, node: str, run: str, *, epoch: int, step: int, file: str, mean_loss: float,
+              validation_loss: float | None = None) -> None:
         with self._lock:
             entry = self._runs.get(node)
             if entry is not None and entry["run"] == run:
-                entry["epochs"].append({"epoch": epoch, "step": step, "file": file, "mean_loss": mean_loss})
+                entry["epochs"].append({"epoch": epoch, "step": step, "file": file, "mean_loss": mean_loss,
+                                        "validation_loss": validation_loss})
+
+    def validation(self, node: str, run: str, *, epoch: int, step: int, loss: float, source: str) -> None:
+        """A validation loss (epoch 0: before training); a repeated epoch replaces the earlier value."""
+        with self._lock:
+            entry = self._runs.get(node)
+            if entry is not None and entry["run"] == run:
+                entry["validation"] = [v for v in entry["validation"] if v["epoch"] != epoch]
+                entry["validation"].append({"epoch": epoch, "step": step, "loss": loss})
+                entry["validation_source"] = source
+
+    def sample(self, node: str, run: str, sample: dict[str, Any]) -> None:
+        """The sample images of one epoch (the ``train_sample`` payload without node and run)."""
+        with self._lock:
+            entry = self._runs.get(node)
+            if entry is not None and entry["run"] == run:
+                entry["samples"] = [s for s in entry["samples"] if s["epoch"] != sample["epoch"]] + [sample]
 
     def end(self, node: str, run: str, state: str, message: str = "") -> None:
         if state not in STATES:
@@ -69,7 +87,8 @@ class TrainingHistory:
             entry = self._runs.get(node)
             if entry is None:
                 return _idle(node)
-            return {**entry, "points": list(entry["points"]), "epochs": list(entry["epochs"])}
+            return {**entry, "points": list(entry["points"]), "epochs": list(entry["epochs"]),
+                    "validation": list(entry["validation"]), "samples": list(entry["samples"])}
 
 
 HISTORY = TrainingHistory()

@@ -54,3 +54,11 @@ class DiffusersSD:
     def render_grid_cells(self, epoch_files: list[tuple[int, Path]], weights: list[float], prompts: list[str],
                           **settings: Any) -> dict[tuple[int, float], list[Image.Image]]:
         return diffusers_preview.render_grid_cells(self, epoch_files, weights, prompts, **settings)
+
+    def render_samples(self, lora_path: Path | None, weights: list[float], prompts: list[str],
+                       **settings: Any) -> list[tuple[float | None, list[Image.Image]]]:
+        """Train LoRA's samples: the base model (``lora_path`` None) or one file at each weight."""
+        if lora_path is None:
+            return [(None, diffusers_preview.render_base(self, prompts, **settings))]
+        cells = diffusers_preview.render_grid_cells(self, [(0, lora_path)], weights, prompts, **settings)
+        return [(w, cells[(0, w)]) for w in weights]

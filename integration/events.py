@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import comfy_modules
-from .canvas_contract import EVENT_END, EVENT_EPOCH, EVENT_START, EVENT_STEP  # noqa: F401 - re-exported
+from .canvas_contract import (  # noqa: F401 - re-exported
+    EVENT_END,
+    EVENT_EPOCH,
+    EVENT_SAMPLE,
+    EVENT_START,
+    EVENT_STEP,
+    EVENT_VALIDATION,
+)
 
 
 def _prompt_server() -> Any | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import comfy_modules
+
+PREVIEW_MAX_SIZE = 512  # ComfyUI's own default for sampler previews
 
 
 class Progress:
@@ -12,9 +16,13 @@ class Progress:
         utils = comfy_modules.comfy_module("comfy.utils")
         self._bar = utils.ProgressBar(total, node_id=node_id) if utils else None
 
-    def update_absolute(self, value: int, total: int | None = None) -> None:
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        """``preview``: a PIL image ComfyUI shows on the node and sends to API clients (its ``b_preview``)."""
         if self._bar is not None:
-            self._bar.update_absolute(value, total)
+            if preview is None:
+                self._bar.update_absolute(value, total)
+            else:
+                self._bar.update_absolute(value, total, ("PNG", preview, PREVIEW_MAX_SIZE))
 
 
 def check_interrupt() -> None:

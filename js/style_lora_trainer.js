@@ -1,9 +1,10 @@
 // Style LoRA Trainer: frontend extension (no build step; ComfyUI frontend 1.49+). The entry, and
 // the only module that imports ComfyUI (../../scripts/app.js, api.js) or registers anything:
 // - the pack's socket types get their own link colours; the panels' styles are a stylesheet link;
-// - Caption Editor, Shuffle Caption and Train LoRA nodes get their panel (./panels/*.js), handed
-//   ComfyUI's app, the pack's routes (./lib/api.js) and the live panels;
-// - the training events go to the Train LoRA panels; a node's text result is shown in the node.
+// - Caption Editor, Shuffle Caption, Train LoRA and Epoch × Weight Grid nodes get their panel
+//   (./panels/*.js), handed ComfyUI's app, the pack's routes (./lib/api.js) and the live panels;
+// - the training events go to the Train LoRA panels, the grid's execution output to its picker;
+//   a node's text result is shown in the node.
 // ComfyUI imports every .js file under js/ as an extension, so every other module only exports.
 // Event names and panel sizes are in ./lib/contract.json, shared with the Python side. The server
 // side of every request and event is described in docs/CANVAS.md.
@@ -14,16 +15,20 @@ import CONTRACT from "./lib/contract.json" with { type: "json" };
 import { createServerApi } from "./lib/api.js";
 import { colourCss, installDefaultColours, TYPE_COLOURS } from "./lib/colours.js";
 import { addStyle, addStylesheet, ensureWidth } from "./lib/dom.js";
-import { CAPTION_EDITOR, LOAD_DATASET, nodeType, SHUFFLE_CAPTION, TRAIN } from "./lib/graph.js";
+import { CAPTION_EDITOR, EPOCH_WEIGHT_GRID, LOAD_DATASET, nodeType, PICK_EPOCH, SHUFFLE_CAPTION,
+  TRAIN } from "./lib/graph.js";
 import { createPanelRegistry } from "./lib/registry.js";
 import { CaptionGallery } from "./panels/caption_gallery.js";
+import { GridPicker } from "./panels/grid_picker.js";
 import { showResultText } from "./panels/result_text.js";
 import { ShufflePreview } from "./panels/shuffle_preview.js";
 import { TrainingPanel } from "./panels/training_chart.js";
 
 const SAVE_EPOCHS = "StyleLoRASaveEpochs";
-const OUR_NODES = new Set([LOAD_DATASET, CAPTION_EDITOR, SHUFFLE_CAPTION, TRAIN, SAVE_EPOCHS, "StyleLoRAEpochWeightGrid"]);
-const PANEL_CLASSES = new Map([[CAPTION_EDITOR, CaptionGallery], [SHUFFLE_CAPTION, ShufflePreview], [TRAIN, TrainingPanel]]);
+const OUR_NODES = new Set([LOAD_DATASET, CAPTION_EDITOR, SHUFFLE_CAPTION, TRAIN, SAVE_EPOCHS, EPOCH_WEIGHT_GRID,
+  PICK_EPOCH]);
+const PANEL_CLASSES = new Map([[CAPTION_EDITOR, CaptionGallery], [SHUFFLE_CAPTION, ShufflePreview], [TRAIN, TrainingPanel],
+  [EPOCH_WEIGHT_GRID, GridPicker]]);
 const TRAIN_EVENTS = Object.values(CONTRACT.events);
 const POLL_MS = 700;
 const STYLESHEET_ID = "style-lora-trainer-css";
@@ -105,6 +110,7 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       if (message?.text?.length) showResultText(this, message.text.join("\n"), app);
       if (nodeData.name === TRAIN) this.styleLoraPanel?.refresh?.();
+      if (nodeData.name === EPOCH_WEIGHT_GRID) this.styleLoraPanel?.onExecuted?.(message);
       // New epoch files: refresh the node definitions so LoraLoader's list shows them at once
       // (what pressing R does), instead of the user wondering where the files went.
       if (nodeData.name === SAVE_EPOCHS && message?.text?.length) app.refreshComboInNodes?.()?.catch?.(() => {});

@@ -4,10 +4,12 @@ They are thin: widgets in, the engine and ``integration`` do the work."""
 from .caption_editor import StyleLoRACaptionEditor
 from .epoch_weight_grid import StyleLoRAEpochWeightGrid
 from .load_dataset import StyleLoRALoadDataset
+from .pick_epoch import StyleLoRAPickEpoch
 from .save_epochs import StyleLoRASaveEpochs
 from .shuffle_caption import StyleLoRAShuffleCaption
 from .train_lora import StyleLoRATrain
 from .train_options import StyleLoRATrainOptions
+from .training_samples import StyleLoRATrainingSamples
 
 NODE_CLASS_MAPPINGS = {
     "StyleLoRALoadDataset": StyleLoRALoadDataset,
@@ -15,8 +17,10 @@ NODE_CLASS_MAPPINGS = {
     "StyleLoRAShuffleCaption": StyleLoRAShuffleCaption,
     "StyleLoRATrain": StyleLoRATrain,
     "StyleLoRATrainOptions": StyleLoRATrainOptions,
+    "StyleLoRATrainingSamples": StyleLoRATrainingSamples,
     "StyleLoRASaveEpochs": StyleLoRASaveEpochs,
     "StyleLoRAEpochWeightGrid": StyleLoRAEpochWeightGrid,
+    "StyleLoRAPickEpoch": StyleLoRAPickEpoch,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -25,6 +29,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StyleLoRAShuffleCaption": "Shuffle Caption (Style LoRA)",
     "StyleLoRATrain": "Train LoRA (Style LoRA)",
     "StyleLoRATrainOptions": "Train Options (Style LoRA)",
+    "StyleLoRATrainingSamples": "Training Samples (Style LoRA)",
     "StyleLoRASaveEpochs": "Save Epochs (Style LoRA)",
     "StyleLoRAEpochWeightGrid": "Epoch × Weight Grid (Style LoRA)",
+    "StyleLoRAPickEpoch": "Pick Epoch (Style LoRA)",
 }

@@ -14,6 +14,12 @@ from ..style_lora_engine.dataset import Dataset, folder_signature, load_dataset
 from ..style_lora_engine.errors import DatasetError
 from ..style_lora_engine.lint import lint_dataset
 from ..style_lora_engine.loss_masks import MASK_SOURCES, MASKS_FOLDER
+from ..style_lora_engine.validation_set import (
+    VALIDATION_SOURCES,
+    check_source,
+    with_folder_validation,
+    with_held_out_validation,
+)
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -53,12 +59,19 @@ class StyleLoRALoadDataset:
                 "masks": (list(MASK_SOURCES), {"default": "none", "tooltip":
                           "Loss masks for Train Options' masked_loss (kohya): each image's alpha channel, or a "
                           "same-name image in the dataset's masks/ folder. White trains, black is ignored."}),
+                "validation": (list(VALIDATION_SOURCES), {"default": VALIDATION_SOURCES[0], "tooltip":
+                               "Images for the validation loss per epoch: up to 8 training images (a small style "
+                               "dataset keeps every image), 'hold out' some (never trained on), or a folder."}),
+                "hold_out": ("FLOAT", {"default": 0.1, "min": 0.01, "max": 1000.0, "step": 0.01, "tooltip":
+                             "For 'hold out': a fraction (0.1 = 10 % of the images) or a count (3)."}),
+                "validation_folder": ("STRING", {"default": "", "tooltip":
+                                      "For 'folder': a folder of images + captions, found like the dataset folder."}),
             },
         }
 
     @classmethod
     def IS_CHANGED(cls, folder: Any = None, caption_extension: Any = None, masks: Any = "none",
-                   **_: Any) -> str | float:
+                   validation: Any = VALIDATION_SOURCES[0], validation_folder: Any = "", **_: Any) -> str | float:
         """ComfyUI reuses the cached dataset while this value stays the same: a stat-only digest of the
         images and captions the folder holds, and of its masks/ folder when masks come from there (the
         other widgets are already in ComfyUI's cache key)."""
@@ -67,21 +80,37 @@ class StyleLoRALoadDataset:
             signature = folder_signature(resolved, caption_extension)
             if masks == "masks folder" and (resolved / MASKS_FOLDER).is_dir():
                 signature += "+" + folder_signature(resolved / MASKS_FOLDER, caption_extension)
+            if validation == "folder":
+                signature += "+" + folder_signature(resolve_dataset_folder(validation_folder), caption_extension)
             return signature
         except Exception:  # any problem: NaN never equals itself, so load() runs and reports it
             return float("nan")
 
     def load(self, folder: str, caption_extension: str, repeats: int, resolution: int, enable_bucket: bool,
              min_bucket_size: int, max_bucket_size: int, bucket_step: int, bucket_no_upscale: bool,
-             skip_unreadable: bool, clip: Any = None, masks: str = "none") -> tuple[Dataset, str]:
+             skip_unreadable: bool, clip: Any = None, masks: str = "none",
+             validation: str = VALIDATION_SOURCES[0], hold_out: float = 0.1,
+             validation_folder: str = "") -> tuple[Dataset, str]:
         buckets = BucketSettings(enabled=enable_bucket, min_size=min_bucket_size, max_size=max_bucket_size,
                                  step=bucket_step, no_upscale=bucket_no_upscale)
         folder = check_text(folder, "folder", error=DatasetError)
         dataset = load_dataset(resolve_dataset_folder(folder), caption_extension=caption_extension,
                                repeats=repeats, resolution=resolution, buckets=buckets,
                                skip_unreadable=skip_unreadable, masks=masks)
+        source = check_source(validation)
+        if source == "hold out":
+            dataset = with_held_out_validation(dataset, hold_out)
+        elif source == "folder":
+            name = check_text(validation_folder, "validation_folder", error=DatasetError)
+            if not name.strip():
+                raise DatasetError("validation is 'folder' but validation_folder is empty: enter a folder of images "
+                                   "with captions (found like the dataset folder), or choose 'training images'.")
+            extra = load_dataset(resolve_dataset_folder(name), caption_extension=caption_extension, repeats=repeats,
+                                 resolution=resolution, buckets=buckets, skip_unreadable=skip_unreadable)
+            dataset = with_folder_validation(dataset, extra)
         for _path, reason in dataset.skipped:
             log.warning("Style LoRA dataset: skipped %s", reason)
         report = lint_dataset(dataset, count_tokens=tokens.token_counter(clip),
                               token_cap=tokens.token_cap(clip))
-        return dataset, report.to_text()
+        text = report.to_text() + f"\nValidation loss on {dataset.validation_set().describe()}."
+        return dataset, text

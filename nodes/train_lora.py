@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
 from ..canvas_server.training_history import HISTORY
-from ..integration import events, host, paths, progress
+from ..integration import events, host, paths, previews, progress
 from ..integration.images import pil_to_image
-from ..integration.socket_types import CATEGORY, DATASET, RUN, TRAIN_OPTIONS
+from ..integration.socket_types import CATEGORY, DATASET, RUN, SAMPLES, TRAIN_OPTIONS
 from ..style_lora_engine.config import (
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
@@ -22,9 +23,19 @@ from ..style_lora_engine.config import (
     check_text,
 )
 from ..style_lora_engine.dataset import Dataset
+from ..style_lora_engine.errors import ConfigError
 from ..style_lora_engine.grid import plot_loss
 from ..style_lora_engine.lora_file import explain_sanitized_name
-from ..style_lora_engine.trainer import EpochInfo, StepInfo, TrainCallbacks, TrainResult, train_lora
+from ..style_lora_engine.sample_settings import SampleSettings
+from ..style_lora_engine.trainer import (
+    EpochInfo,
+    SampleHook,
+    StepInfo,
+    TrainCallbacks,
+    TrainResult,
+    ValidationInfo,
+    train_lora,
+)
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -55,7 +66,30 @@ def summarize(result: TrainResult) -> str:
         lines.append(f"Resumed after epoch {result.resumed_from_epoch}.")
     if result.losses:
         lines.append(f"Final loss {result.losses[-1]:.4f}; last d·lr {result.dlrs[-1]:.3e}")
+    lines.extend(validation_lines(result))
+    timing = [f"training {result.training_seconds:.0f} s"]
+    if result.validation_seconds:
+        timing.append(f"validation {result.validation_seconds:.0f} s")
+    if result.sampling_seconds:
+        timing.append(f"sampling {result.sampling_seconds:.0f} s")
+    if result.training_seconds:
+        lines.append("Time this session: " + ", ".join(timing))
     return "\n".join(lines)
+
+
+def validation_lines(result: TrainResult) -> list[str]:
+    """The validation losses per epoch and the lowest, saying what they are measured on."""
+    if not result.validation:
+        return []
+    values = {epoch: loss for epoch, _, loss in result.validation}
+    trained = {e: v for e, v in values.items() if e > 0}
+    lines = [f"Validation loss on {result.validation_source}: "
+             + ", ".join(f"{'base' if e == 0 else e}: {v:.4f}" for e, v in sorted(values.items()))]
+    if trained:
+        best = min(sorted(trained), key=lambda e: (trained[e], -e))  # ties go to the later epoch
+        lines.append(f"Lowest validation loss: epoch {best} ({trained[best]:.4f}). It measures how well the LoRA "
+                     "denoises these images, not how the style looks: check it in the Epoch × Weight Grid.")
+    return lines
 
 
 class StyleLoRATrain:
@@ -99,6 +133,8 @@ class StyleLoRATrain:
                 "training_comment": ("STRING", {"default": "", "multiline": True}),
                 "options": (TRAIN_OPTIONS, {"tooltip": "kohya's advanced options from a Train Options node "
                                             "(min-SNR, noise offset, masked loss, LoCon, DoRA, ...)."}),
+                "samples": (SAMPLES, {"tooltip": "Sample images while training, from a Training Samples node: "
+                                      "ComfyUI's KSampler on the saved epochs, shown in the panel."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -107,13 +143,16 @@ class StyleLoRATrain:
               rank: int, alpha: float, optimizer: str, learning_rate: float, lr_scheduler: str,
               lr_warmup_steps: int, epochs: int, batch_size: int, seed: int, mixed_precision: str,
               gradient_checkpointing: bool, cache_latents: bool, training_comment: str = "",
-              options: TrainOptions | None = None, unique_id: str | None = None) -> dict[str, Any]:
+              options: TrainOptions | None = None, samples: SampleSettings | None = None,
+              unique_id: str | None = None) -> dict[str, Any]:
         config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
                              lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
                              batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
                              gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
                              options=TrainOptions() if options is None else options)
         config = apply_preset(config, preset).validate()
+        if samples is not None and not isinstance(samples, SampleSettings):
+            raise ConfigError(f"samples must come from a Training Samples node, got {type(samples).__name__}.")
         name, name_note = explain_sanitized_name(output_name, "output_name")
         if name_note:
             log.warning("Style LoRA Train: output_name %s", name_note)
@@ -136,7 +175,7 @@ class StyleLoRATrain:
                 "steps_per_epoch": steps_per_epoch, "start_step": start_step})
 
         def on_step(info: StepInfo) -> None:
-            if not started:  # the first step tells the run's size (and where a resumed run starts)
+            if not started:
                 begin(info.total_steps, info.steps_per_epoch, info.global_step - 1)
             progress.check_interrupt()  # Stop takes effect within one step
             bar.update_absolute(info.global_step, info.total_steps)
@@ -147,10 +186,39 @@ class StyleLoRATrain:
 
         def on_epoch(info: EpochInfo) -> None:
             HISTORY.epoch(node_key, run_id, epoch=info.epoch, step=info.global_step, file=info.path.name,
-                          mean_loss=info.mean_loss)
+                          mean_loss=info.mean_loss, validation_loss=info.validation_loss)
             events.send_event(events.EVENT_EPOCH, {
                 "node": node_id, "run": run_id, "epoch": info.epoch, "num_epochs": info.num_epochs,
-                "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss})
+                "step": info.global_step, "file": info.path.name, "mean_loss": info.mean_loss,
+                "validation_loss": info.validation_loss})
+
+        def on_validation(info: ValidationInfo) -> None:
+            HISTORY.validation(node_key, run_id, epoch=info.epoch, step=info.global_step, loss=info.loss,
+                               source=info.source)
+            events.send_event(events.EVENT_VALIDATION, {
+                "node": node_id, "run": run_id, "epoch": info.epoch, "step": info.global_step,
+                "validation_loss": info.loss, "source": info.source})
+
+        shown: list[dict[str, Any]] = []
+
+        def render_samples(epoch: int, lora_path: Any) -> None:
+            progress.check_interrupt()
+            began = time.perf_counter()
+            rendered = host.render_samples(model, clip, vae, lora_path, list(samples.weights),
+                                           list(samples.prompts), **samples.render_kwargs())
+            cells = [{"weight": weight, "images": previews.save_temp_images(images, f"{name}_e{epoch:03d}")}
+                     for weight, images in rendered]
+            sample = {"epoch": epoch, "seconds": time.perf_counter() - began, "cells": cells,
+                      "prompts": list(samples.prompts)}
+            shown.append(sample)
+            HISTORY.sample(node_key, run_id, sample)
+            events.send_event(events.EVENT_SAMPLE, {"node": node_id, "run": run_id, **sample})
+            last = rendered[-1][1]
+            if last:  # ComfyUI's own preview on the node (API clients get it as a preview image)
+                bar.update_absolute(max(epoch, 0), config.epochs, preview=last[0])
+
+        sampler = (SampleHook(render=render_samples, every_n_epochs=samples.every_n_epochs,
+                              include_base=samples.include_base) if samples is not None else None)
 
         def on_end(state: str, message: str) -> None:
             if not started:  # ended before the first step (out of memory caching latents, nothing left to train)
@@ -161,7 +229,9 @@ class StyleLoRATrain:
 
         try:
             result = train_lora(backend, dataset, config, runs_root=paths.runs_dir(), output_name=name,
-                                callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info),
+                                callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info,
+                                                         on_start=begin, on_validation=on_validation,
+                                                         sampler=sampler),
                                 training_comment=training_comment)
         except BaseException as exc:  # ComfyUI's Stop is a BaseException; re-raised unchanged
             stopped = progress.is_interrupt(exc)
@@ -175,4 +245,7 @@ class StyleLoRATrain:
             summary += f"\nPreset: {preset}"
         if name_note:
             summary += f"\noutput_name: {name_note}"
-        return {"ui": {"text": [summary]}, "result": (result, pil_to_image(plot), summary)}
+        ui: dict[str, Any] = {"text": [summary]}
+        if shown:
+            ui["style_lora_samples"] = shown
+        return {"ui": ui, "result": (result, pil_to_image(plot), summary)}

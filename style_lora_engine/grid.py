@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_path, atomic_write_bytes
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -78,6 +78,32 @@ def _rotated_label(text: str, font: FontT, length: int) -> Image.Image:
     return strip.rotate(90, expand=True)
 
 
+Box = tuple[int, int, int, int]
+# The row with the lowest validation loss: its label and a frame around its cells.
+MARK = (0, 128, 64)
+
+
+def _fit_lines(text: str, max_w: int, size: int) -> list[tuple[str, FontT]]:
+    """Each line of ``text`` fitted to ``max_w``; lines after the first one a size smaller."""
+    lines = str(text).split("\n")
+    small = max(_MIN_FONT, round(size * 0.8))
+    return [_fit(line, max_w, size if k == 0 else small) for k, line in enumerate(lines)]
+
+
+def _block_h(lines: Sequence[tuple[str, FontT]], spacing: int) -> int:
+    return sum(_line_h(f) for _, f in lines) + spacing * max(0, len(lines) - 1)
+
+
+def _draw_lines(draw: ImageDraw.ImageDraw, center: tuple[float, float], lines: Sequence[tuple[str, FontT]],
+                spacing: int, fill: tuple[int, int, int] = BLACK) -> None:
+    # Lines stacked and centred as one block on ``center``.
+    y = center[1] - _block_h(lines, spacing) / 2
+    for text, font in lines:
+        h = _line_h(font)
+        _draw_centered(draw, (center[0], y + h / 2), text, font, fill)
+        y += h + spacing
+
+
 def compose_grid(
     cells: Sequence[Sequence[Image.Image | None]],
     row_labels: Sequence[str],
@@ -86,13 +112,31 @@ def compose_grid(
     title: str = "",
     x_axis: str = "LoRA weight",
     y_axis: str = "epoch",
+    marked_rows: Sequence[int] = (),
 ) -> Image.Image:
     """Tile ``cells[row][col]`` under column labels and beside row labels, with axis names.
 
     Rows are epochs and columns LoRA weights in the guide's grid. Cells smaller than
     ``MIN_CELL`` are scaled up by an integer factor with NEAREST (crisp pixels); a ``None``
-    cell (a failed render) is drawn as a grey "n/a" box.
+    cell (a failed render) is drawn as a grey "n/a" box. A row label may hold several lines
+    ("\\n"); the rows in ``marked_rows`` get a coloured label and frame (the lowest validation loss).
     """
+    return compose_grid_with_boxes(cells, row_labels, col_labels, title=title, x_axis=x_axis, y_axis=y_axis,
+                                   marked_rows=marked_rows)[0]
+
+
+def compose_grid_with_boxes(
+    cells: Sequence[Sequence[Image.Image | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str = "",
+    x_axis: str = "LoRA weight",
+    y_axis: str = "epoch",
+    marked_rows: Sequence[int] = (),
+) -> tuple[Image.Image, list[list[Box]]]:
+    """:func:`compose_grid`, and each cell's box ``(x0, y0, x1, y1)`` in the grid image's pixels
+    (x1/y1 exclusive, as ``Image.crop`` takes them): ``boxes[row][col]``, for the canvas's clicks."""
     rows = len(cells)
     cols = len(cells[0]) if rows else 0
     if rows == 0 or cols == 0 or any(len(r) != cols for r in cells):
@@ -102,6 +146,7 @@ def compose_grid(
             f"{rows}x{cols} cells need {rows} row labels and {cols} column labels, "
             f"got {len(row_labels)} and {len(col_labels)}."
         )
+    marked = {int(i) for i in marked_rows if 0 <= int(i) < rows}
     present = [c for r in cells for c in r if c is not None]
     src_w = max((c.width for c in present), default=MIN_CELL)
     src_h = max((c.height for c in present), default=MIN_CELL)
@@ -113,13 +158,13 @@ def compose_grid(
     line = _line_h(label_font)
     pad = max(6, size // 2)
     gap = max(2, size // 6)
+    spacing = max(2, size // 5)
 
     grid_w = cols * cw + (cols - 1) * gap
     grid_h = rows * ch + (rows - 1) * gap
-    row_texts = [str(t) for t in row_labels]
     max_row_w = max(cw * 2, 160)
-    fitted_rows = [_fit(t, max_row_w, size) for t in row_texts]
-    row_col_w = max((_text_w(t, f) for t, f in fitted_rows), default=0) + 2 * pad
+    fitted_rows = [_fit_lines(t, max_row_w, size) for t in row_labels]
+    row_col_w = max((_text_w(t, f) for lines in fitted_rows for t, f in lines), default=0) + 2 * pad
     fitted_cols = [_fit(str(t), cw - 4, size) for t in col_labels]
     y_axis_w = line + pad if y_axis else 0
     x_axis_h = line + pad if x_axis else 0
@@ -149,12 +194,16 @@ def compose_grid(
 
     for j, (text, font) in enumerate(fitted_cols):
         _draw_centered(draw, (x0 + j * (cw + gap) + cw / 2, y0 - col_lab_h / 2), text, font)
-    for i, (text, font) in enumerate(fitted_rows):
-        _draw_centered(draw, (pad + y_axis_w + row_col_w / 2, y0 + i * (ch + gap) + ch / 2), text, font)
+    for i, lines in enumerate(fitted_rows):
+        centre = (pad + y_axis_w + row_col_w / 2, y0 + i * (ch + gap) + ch / 2)
+        _draw_lines(draw, centre, lines, spacing, MARK if i in marked else BLACK)
 
+    boxes: list[list[Box]] = []
     for i, row in enumerate(cells):
+        boxes.append([])
         for j, cell in enumerate(row):
             left, top = x0 + j * (cw + gap), y0 + i * (ch + gap)
+            boxes[i].append((left, top, left + cw, top + ch))
             if cell is None:
                 draw.rectangle((left, top, left + cw - 1, top + ch - 1), fill=(225, 225, 225))
                 _draw_centered(draw, (left + cw / 2, top + ch / 2), "n/a", label_font, (110, 110, 110))
@@ -164,7 +213,11 @@ def compose_grid(
                 img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
             # Cells of different sizes are centered in their slot.
             canvas.paste(img, (left + (cw - img.width) // 2, top + (ch - img.height) // 2))
-    return canvas
+    for i in sorted(marked):
+        # The frame lies in the gap and margins around the row: it never covers a cell's pixels.
+        top = y0 + i * (ch + gap)
+        draw.rectangle((x0 - gap, top - gap, x0 + grid_w + gap - 1, top + ch + gap - 1), outline=MARK, width=gap)
+    return canvas, boxes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,4 +424,60 @@ def plot_loss(
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, buf.getvalue())
+    return img
+
+
+def plot_validation(
+    validation: Sequence[tuple[int, float]],
+    *,
+    mean_losses: Sequence[tuple[int, float]] = (),
+    path: Path | None = None,
+    title: str = "",
+) -> Image.Image:
+    """Validation loss per epoch (epoch 0 = before training, dark) and the epochs' mean training loss
+    (light, when given), the lowest validation loss marked. Written atomically when ``path`` is given."""
+    points = sorted((int(e), float(v)) for e, v in validation if math.isfinite(v))
+    means = sorted((int(e), float(v)) for e, v in mean_losses if math.isfinite(v))
+    width, height = 900, 420
+    img = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(img)
+    font, title_font = _font(13), _font(17)
+    top = 34 + (_line_h(title_font) + 6 if title else 0)
+    if title:
+        _draw_centered(draw, (width / 2, 12 + _line_h(title_font) / 2), title, title_font)
+    box = (78, top, width - 24, height - 52)
+    epochs = [e for e, _ in points + means] or [0, 1]
+    first, last = min(epochs), max(max(epochs), min(epochs) + 1)
+    # _Panel counts steps from 1: epoch e sits at "step" e - first + 1.
+    panel = _Panel(draw, box, last - first + 1, [v for _, v in points + means], log=False)
+    panel.axes(font, "loss")
+    for e in range(first, last + 1):
+        px = panel.x(e - first + 1)
+        draw.line((px, box[3], px, box[3] + 4), fill=(90, 90, 90))
+        _draw_centered(draw, (px, box[3] + 6 + _line_h(font) / 2), str(e), font, (60, 60, 60))
+    _draw_centered(draw, (box[2] - _text_w("epoch", font) / 2, box[3] + 8 + 1.6 * _line_h(font)), "epoch",
+                   font, (60, 60, 60))
+    for series, colour, w in ((means, (160, 190, 235), 2), (points, (25, 75, 190), 3)):
+        xy = [(panel.x(e - first + 1), panel.y(v)) for e, v in series]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=w, joint="curve")
+        for x, y in xy:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    trained = [(e, v) for e, v in points if e > 0]
+    if trained:
+        best_e, best_v = min(trained, key=lambda p: (p[1], -p[0]))  # ties to the later epoch
+        x, y = panel.x(best_e - first + 1), panel.y(best_v)
+        draw.ellipse((x - 7, y - 7, x + 7, y + 7), outline=(200, 40, 40), width=2)
+        label = f"lowest: epoch {best_e} ({best_v:.4f})"
+        _draw_centered(draw, (min(max(x, box[0] + 90), box[2] - 90), y - 16), label, font, (200, 40, 40))
+    lx, ly, lh = box[2] - 190, top + 8, _line_h(font) + 6
+    draw.rectangle((lx - 8, ly - lh / 2 - 2, box[2] - 6, ly + 1.5 * lh), fill=WHITE, outline=(200, 200, 200))
+    for k, (label, colour) in enumerate((("validation loss", (25, 75, 190)),
+                                         ("mean training loss", (160, 190, 235)))):
+        yy = ly + k * lh
+        draw.line((lx, yy, lx + 22, yy), fill=colour, width=3)
+        draw.text((lx + 28, yy - _line_h(font) / 2 - 2), label, font=font, fill=BLACK)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            img.save(tmp, format="PNG")
     return img

@@ -6,7 +6,7 @@ After each epoch the validation loss is measured (``validation_loss.py``; also o
 epoch 0), the LoRA is written as its own kohya-format file (atomically) with that number in its
 metadata, and the resume state is saved, so a crash or Stop keeps every finished epoch and a re-run
 continues. A ``SampleHook`` may render samples of the base model (epoch 0) and of epoch files while the
-run goes on; training is paused around it (``_paused_for_sampling``) so that the host samples the user's
+run goes on; training is paused around it (``_paused_for_sampling``, under inference mode) so that the host samples the user's
 own model exactly as after training, and the run's numbers do not change.
 
 A finished epoch file is never rewritten. A kill between an epoch file and its resume state leaves
@@ -572,7 +572,10 @@ def _paused_for_sampling(backend: TrainingBackend, unet: torch.nn.Module, dtype:
     with lora_layers_detached(unet), torch.random.fork_rng(devices=devices):
         backend.end_training()
         try:
-            yield
+            # Hosts sample under inference mode (ComfyUI runs every node so; its weights may be inference
+            # tensors, which autograd refuses). begin_training makes the U-Net's weights trainable again.
+            with torch.inference_mode():
+                yield
         finally:
             backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
             if config.cache_latents and hasattr(backend, "latents_cached"):

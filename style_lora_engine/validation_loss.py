@@ -4,7 +4,7 @@ The training loss of a step depends mostly on its random timestep, so its curve 
 when a LoRA starts to over-train. This loss removes the randomness: each validation image is noised
 with its own fixed noise at a fixed spread of timesteps (8, evenly spaced), its caption is used
 unshuffled, and no gradient is taken. The same run gives the same values, whatever the batch size,
-the shuffle or the order of the images (each image is one forward pass per timestep, its noise drawn
+the shuffle or the order of the images (each image's timesteps go through the U-Net in fixed groups of its own, its noise drawn
 from a generator seeded by the run's seed and the image's own pixel hash).
 
 It is plain MSE against the model's target (eps or v), whatever loss options train: the numbers stay
@@ -24,6 +24,9 @@ from .images import open_image_rgb, prepare_image
 from .validation_set import ValidationSet, validation_timesteps
 
 NUM_TIMESTEPS = 8
+# Timesteps per forward pass: a fixed split of each image's timesteps (never mixed with other images), so
+# the numbers do not depend on the training batch size; 4 keeps the memory of a pass moderate on SDXL.
+BATCH = 4
 _ENCODE_CHUNK = 8
 
 
@@ -81,11 +84,13 @@ class ValidationLoss:
         try:
             with torch.no_grad():
                 for sample in self._samples:
-                    for k, t in enumerate(self.timesteps):
+                    for k in range(0, len(self.timesteps), BATCH):
+                        steps = self.timesteps[k:k + BATCH]
+                        n = len(steps)
                         pred, target = self.backend.predict(
-                            sample.latent.unsqueeze(0), sample.noise[k:k + 1], torch.tensor([t], dtype=torch.long),
-                            [sample.caption], [sample.geometry])
-                        total += float(F.mse_loss(pred.float(), target.float().to(pred.device)))
+                            sample.latent.unsqueeze(0).expand(n, *sample.latent.shape), sample.noise[k:k + n],
+                            torch.tensor(steps, dtype=torch.long), [sample.caption] * n, [sample.geometry] * n)
+                        total += n * float(F.mse_loss(pred.float(), target.float().to(pred.device)))
         finally:
             unet.train(was_training)
         return total / (len(self._samples) * len(self.timesteps))

@@ -456,6 +456,28 @@ epoch can be compared in the grid and loaded by any LoRA loader (kohya format).
 Files of another run with the same name are never overwritten unless you enable **overwrite**.
 """
 
+NOTE_SAMPLES = """
+## Samples and validation loss while it trains
+Training Samples renders its prompt at weights 0.8 and 1.0 every 2 epochs (and the base model before
+training) with ComfyUI's own KSampler on the epoch file just saved: exactly what LoraLoader + KSampler
+will give with that file. They appear in Train LoRA's panel as a strip per epoch.
+The panel also plots the **validation loss** after every epoch: a fixed, noise-free measure of how well
+the LoRA denoises the validation images (Load Dataset's `validation`: some training images, held-out
+ones, or a folder). When it stops falling the LoRA has learnt what it can; when it rises, later epochs
+are likely overcooked. It does not judge the style: the grid does.
+"""
+
+
+NOTE_PICK = """
+## Pick the sweet spot
+Pick Epoch gives the chosen epoch's LoRA applied to the model (as LoraLoader), its file name and strength.
+`lowest validation loss` picks by the numbers (ties go to the later epoch); click a cell of the grid to
+choose by eye instead (`chosen cell`, stored in this workflow). The guide's rule: prefer an epoch that
+looks right at weight 1.0 over one that only works at 0.8 and is overcooked at 1.0. The validation loss
+says how well each epoch denoises the validation images, not whether the style looks right.
+"""
+
+
 def _note_grid(source: str, then: str) -> str:
     return f"""
 ## Find the sweet spot
@@ -585,6 +607,12 @@ training and the grid. Train on the model you will generate with.
         width=460)
     loss = wf.node("PreviewImage", width=460, height=420, title="Loss plot")
     train_note_node = wf.note("Guide: training", train_note, 460)
+    samples = wf.node("StyleLoRATrainingSamples", {
+        "prompts": GRID_PROMPTS.splitlines()[0], "negative": GRID_NEGATIVE, "weights": "0.8, 1.0",
+        "every_n_epochs": 2, "include_base": True, "seed": 0, "steps": run.grid_steps, "cfg": 7.0,
+        "sampler_name": "dpmpp_2m", "scheduler": "karras", "width": run.grid_size, "height": run.grid_size},
+        width=460)
+    samples_note = wf.note("Guide: watching it learn", NOTE_SAMPLES, 460)
 
     save = wf.node("StyleLoRASaveEpochs", {"name": run.name, "save": "all", "n": 1, "subfolder": "",
                                            "overwrite": False}, width=340)
@@ -604,20 +632,28 @@ training and the grid. Train on the model you will generate with.
     wf.link(ckpt, "VAE", train, "vae")
     wf.link(shuffle, "dataset", train, "dataset")
     wf.link(train, "loss_plot", loss, "images")
+    wf.link(samples, "samples", train, "samples")
     wf.link(train, "run", save, "run")
     wf.link(ckpt, "MODEL", grid, "model")
     wf.link(ckpt, "CLIP", grid, "clip")
     wf.link(ckpt, "VAE", grid, "vae")
     wf.link(save, "epochs", grid, "epochs")
     wf.link(grid, "grid", grid_preview, "images")
+    pick = wf.node("StyleLoRAPickEpoch", {"rule": "lowest validation loss", "epoch": 1, "weight": 1.0,
+                                          "lora_name": ""}, width=460)
+    pick_note = wf.note("Guide: pick the epoch", NOTE_PICK, 460)
+    wf.link(grid, "table", pick, "table")
+    wf.link(ckpt, "MODEL", pick, "model")
+    wf.link(ckpt, "CLIP", pick, "clip")
 
     wf.group("1 · Base model", BLUE, Column(380, [intro], [ckpt, model_note]))
     wf.group("2 · Dataset", GREEN, Column(380, [dataset_note], [dataset, lint]))
     wf.group("3 · Captions", GREEN, Column(560, [captions_note], [captions]))
     wf.group("4 · Token shuffling", GREEN, Column(420, [shuffle_note], [shuffle]))
-    wf.group("5 · Train LoRA", BROWN, Column(460, [train_note_node], [train, loss]))
+    wf.group("5 · Train LoRA", BROWN, Column(460, [train_note_node, samples_note], [samples, train, loss]))
     wf.group("6 · Save epochs", BROWN, Column(340, [save_note], [save]))
     wf.group("7 · Epoch × weight grid", PURPLE, Column(460, [grid_note], [grid, grid_preview]))
+    wf.group("8 · Pick", PURPLE, Column(460, [pick_note], [pick]))
     return wf
 
 

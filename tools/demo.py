@@ -16,6 +16,7 @@ Run with ``make demo`` (or ``.venv/bin/python tools/demo.py --help``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from style_lora_trainer.dev.tiny_model import IMAGE_SIZE, pretrained_tiny_sd15
     from style_lora_trainer.integration.images import image_to_pil
     from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
+    from style_lora_trainer.style_lora_engine.grid import plot_validation
 
     started = time.perf_counter()
     print("[1/8] tiny SD-style model (built and pretrained once, then cached)")
@@ -99,14 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     print(preview)
 
     print(f"[5/8] TrainLoRA: rank {args.rank}/alpha {args.alpha:g}, DAdaptAdamW lr 1.0, {args.epochs} epochs")
+    (samples,) = NODES["StyleLoRATrainingSamples"]().configure(
+        prompts=GRID_PROMPTS[0], negative="", weights="0.8, 1.0", every_n_epochs=5, include_base=True, seed=0,
+        steps=args.grid_steps, cfg=3.0, sampler_name="euler", scheduler="normal", width=IMAGE_SIZE,
+        height=IMAGE_SIZE)
     trained = NODES["StyleLoRATrain"]().train(
         model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
         output_name="demo_style", rank=args.rank, alpha=args.alpha, optimizer="DAdaptAdamW", learning_rate=1.0,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=0, epochs=args.epochs, batch_size=args.batch_size, seed=0,
         mixed_precision="auto", gradient_checkpointing=False, cache_latents=True,
-        training_comment="Style LoRA Trainer demo on the embedded tiny model")
+        training_comment="Style LoRA Trainer demo on the embedded tiny model", samples=samples)
     run, loss_plot, summary = trained["result"]
     image_to_pil(loss_plot)[0].save(out / "loss.png")
+    plot_validation([(e, v) for e, _, v in run.validation], mean_losses=epoch_means(run),
+                    title="demo_style: validation loss per epoch", path=out / "validation.png")
+    write_samples_strip(trained["ui"].get("style_lora_samples", []), out / "samples.png", IMAGE_SIZE)
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     print(summary)
 
@@ -116,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"saved {len(epochs.files)} files: {epochs.files[0].path.name} ... {epochs.files[-1].path.name}")
 
     print("[7/8] EpochWeightGrid: epochs × LoRA weights")
-    (grid,) = NODES["StyleLoRAEpochWeightGrid"]().render(
+    grid, table = NODES["StyleLoRAEpochWeightGrid"]().render(
         model=model, clip=model, vae=model, prompts="\n".join(GRID_PROMPTS), negative="", weights=args.weights,
         epochs_to_show=args.grid_epochs, seed=0, images_per_prompt=2, steps=args.grid_steps, cfg=3.0,
-        sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)
+        sampler_name="euler", scheduler="normal", width=IMAGE_SIZE, height=IMAGE_SIZE, epochs=epochs)["result"]
     image_to_pil(grid)[0].save(out / "grid.png")
+    (out / "grid_table.json").write_text(json.dumps(json.loads(table), indent=2) + "\n", encoding="utf-8")
+    picked = NODES["StyleLoRAPickEpoch"]().pick(rule="lowest validation loss", epoch=1, weight=1.0, table=table)
+    print(picked["result"][4])
 
     print("[8/8] style distance per epoch × weight (lower = closer to the dataset's style)")
     table = style_table(model, out, epochs, args)
@@ -128,10 +140,46 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
 
     print(f"done in {time.perf_counter() - started:.0f} s → {out}")
-    for name in ("grid.png", "style_distance.txt", "loss.png", "lint_report.txt", "shuffle_preview.txt",
-                 "summary.txt", "loras/"):
+    for name in ("grid.png", "grid_table.json", "validation.png", "samples.png", "style_distance.txt", "loss.png",
+                 "lint_report.txt", "shuffle_preview.txt", "summary.txt", "loras/"):
         print(f"  {out / name}")
     return 0
+
+
+def epoch_means(run) -> list[tuple[int, float]]:
+    """Each epoch's mean training loss, from the run's per-step losses and epoch boundaries."""
+    means, start = [], 0
+    for epoch, end in enumerate(run.epoch_end_steps, 1):
+        chunk = run.losses[start:end]
+        if chunk:
+            means.append((epoch, sum(chunk) / len(chunk)))
+        start = end
+    return means
+
+
+def write_samples_strip(samples: list[dict], path: Path, size: int) -> None:
+    """The samples Train LoRA showed while training, one row per sampled epoch (base first), as a PNG."""
+    from PIL import Image
+
+    from style_lora_trainer.integration import paths
+    from style_lora_trainer.style_lora_engine.grid import compose_grid
+
+    if not samples:
+        return
+    weights = [c["weight"] for c in samples[-1]["cells"]]
+
+    def cell(sample: dict, weight) -> Image.Image:
+        found = next((c for c in sample["cells"] if c["weight"] in (weight, None)), None)
+        ref = found["images"][0] if found else None
+        if ref is None:
+            return Image.new("RGB", (size, size), "white")
+        with Image.open(paths.temp_dir() / ref["subfolder"] / ref["filename"]) as img:
+            return img.convert("RGB")
+
+    rows = [[cell(s, w) for w in weights] for s in samples]
+    labels = ["base" if s["epoch"] == 0 else f"epoch {s['epoch']}" for s in samples]
+    compose_grid(rows, labels, [f"{w:g}" for w in weights],
+                 title=f"samples during training: {samples[0]['prompts'][0]}").save(path)
 
 
 def style_table(model, out: Path, epochs, args: argparse.Namespace) -> str:

@@ -62,6 +62,16 @@ export function createServerApi(api) {
       return api.apiURL(`/style_lora/thumbnail?${query}`);
     },
 
+    /**
+     * ComfyUI's GET /view URL of an image the server saved ({filename, subfolder, type}: a
+     * train_sample image, the grid of Epoch × Weight Grid), for an <img> src.
+     */
+    viewUrl(ref) {
+      const query = new URLSearchParams({ filename: String(ref?.filename ?? ""), subfolder: String(ref?.subfolder ?? ""),
+        type: String(ref?.type ?? "temp") });
+      return api.apiURL(`/view?${query}`);
+    },
+
     /** POST /style_lora/captions: {folder, caption_extension, captions: {file: text}}. */
     saveCaptions(body) {
       return postJson("/style_lora/captions", body);

@@ -1,5 +1,6 @@
-// The live training chart: loss per step (raw, thin) and its EMA (bold) on the left axis, d·lr and
-// LR on a log-scaled right axis, dashed epoch markers with epoch numbers. Everything is computed by
+// The live training chart: loss per step (raw, thin) and its EMA (bold) on the left axis, the
+// validation loss per epoch (dots joined by a line, epoch 0 = before training) on the same axis,
+// d·lr and LR on a log-scaled right axis, dashed epoch markers with epoch numbers. Everything is computed by
 // pure functions (tested with node:test); draw() only uses the canvas 2D-context API, so a
 // recording fake context can check it.
 // Pure module: no DOM, no ComfyUI imports, no side effects on import.
@@ -15,6 +16,7 @@ export const COLOURS = Object.freeze({
   ema: "#8fbcff",
   dlr: "#e0a458",
   lr: "#c58be0",
+  validation: "#6fd08c",
   epoch: "rgba(255,255,255,0.28)",
   resumed: "rgba(255,255,255,0.04)",
 });
@@ -163,6 +165,8 @@ export function headerText(history) {
   parts.push(`epoch ${epoch}/${history.num_epochs || "?"}`);
   parts.push(`step ${step}/${history.total_steps || "?"}`);
   if (Number.isFinite(loss)) parts.push(`loss ${loss.toFixed(4)}`);
+  const validation = history.validation?.at(-1);
+  if (validation && Number.isFinite(validation.loss)) parts.push(`val ${validation.loss.toFixed(4)}`);
   if (Number.isFinite(dlr)) parts.push(`d·lr ${formatRate(dlr)}`);
   if (history.state === "running") parts.push(`ETA ${formatEta(history.eta_seconds)}`);
   parts.push(history.state);
@@ -204,8 +208,9 @@ export function decimate(series, buckets) {
 }
 
 /**
- * Everything draw() needs, in pixels: the plot box, domains, ticks, the four series as [x, y]
- * pixel points (NaN where a value is missing) and the epoch markers.
+ * Everything draw() needs, in pixels: the plot box, domains, ticks, the five series as [x, y]
+ * pixel points (NaN where a value is missing) and the epoch markers. The validation series has one
+ * point per epoch at the epoch's last step (epoch 0 at the run's start step).
  */
 export function chartModel(history, width, height) {
   const box = { left: 46, top: 10, right: width - 52, bottom: height - 22 };
@@ -220,7 +225,8 @@ export function chartModel(history, width, height) {
   const x = scaleLinear([x0, x1], [box.left, box.right]);
   const losses = points.map((p) => p.loss);
   const ema = smoothEma(losses, emaBeta(losses.length));
-  const lossDomain = linearDomain(losses);
+  const validation = (history.validation ?? []).filter((v) => Number.isFinite(v.loss) && Number.isFinite(v.step));
+  const lossDomain = linearDomain([...losses, ...validation.map((v) => v.loss)]);
   const yLoss = scaleLinear(lossDomain, [box.bottom, box.top]);
   const rates = points.flatMap((p) => [p.dlr, p.lr]);
   const rateDomain = logDomain(rates);
@@ -229,7 +235,7 @@ export function chartModel(history, width, height) {
   const buckets = Math.max(1, Math.floor(box.right - box.left));
   const markers = epochBoundaries(history).filter((e) => e.step >= x0 && e.step <= x1)
     .map((e) => ({ epoch: e.epoch, step: e.step, x: x(e.step) }));
-  const empty = points.length === 0;
+  const empty = points.length === 0 && validation.length === 0;
   return {
     box,
     xDomain: [x0, x1],
@@ -248,6 +254,7 @@ export function chartModel(history, width, height) {
       ema: px(ema, yLoss),
       dlr: decimate(px(points.map((p) => p.dlr), yRate), buckets),
       lr: decimate(px(points.map((p) => p.lr), yRate), buckets),
+      validation: validation.filter((v) => v.step >= x0 && v.step <= x1).map((v) => [x(v.step), yLoss(v.loss)]),
     },
     markers,
     resumedBefore: start > 0 ? x(start) : null,
@@ -349,8 +356,7 @@ export function draw(ctx, history, width, height) {
     }
   }
 
-  const empty = !history.points.length;
-  if (empty) {
+  if (!history.points.length) {
     ctx.fillStyle = COLOURS.muted;
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
@@ -362,6 +368,12 @@ export function draw(ctx, history, width, height) {
     polyline(ctx, model.series.loss, COLOURS.loss, 1);
     polyline(ctx, model.series.ema, COLOURS.ema, 2.5);
   }
+  // Drawn over the training loss (also before the first step: epoch 0's loss comes first).
+  if (model.series.validation.length) {
+    polyline(ctx, model.series.validation, COLOURS.validation, 1.5);
+    ctx.fillStyle = COLOURS.validation;
+    for (const [vx, vy] of model.series.validation) ctx.fillRect(vx - 2.5, vy - 2.5, 5, 5);
+  }
 
   // frame
   ctx.strokeStyle = COLOURS.frame;
@@ -370,6 +382,7 @@ export function draw(ctx, history, width, height) {
 
   // legend
   const legend = [["loss", COLOURS.loss], ["EMA", COLOURS.ema], ["d·lr", COLOURS.dlr], ["LR", COLOURS.lr]];
+  if (model.series.validation.length) legend.push(["val loss", COLOURS.validation]);
   ctx.textAlign = "left";
   ctx.textBaseline = "middle";
   let lx = box.left + 6;

@@ -75,14 +75,17 @@ export function routeWheel(scroller, app) {
   }, { passive: false });
 }
 
-/** A DOM widget that is neither an input of the node nor saved in the workflow. */
+/**
+ * A DOM widget that is neither an input of the node nor saved in the workflow. ``minHeight`` is a
+ * number, or a function for a panel that grows (the frontend asks again on every layout).
+ */
 export function addUnsavedWidget(node, name, type, element, { minHeight, getValue = () => "", setValue = () => {} }) {
   const widget = node.addDOMWidget(name, type, element, {
     serialize: false, // not an input of the node
     hideOnZoom: true,
     getValue,
     setValue,
-    getMinHeight: () => minHeight,
+    getMinHeight: typeof minHeight === "function" ? minHeight : () => minHeight,
   });
   widget.serialize = false; // not saved in the workflow either
   return widget;

@@ -132,3 +132,38 @@ export function chainKey(source) {
   return JSON.stringify([source.separator, source.captionsInput,
     source.chain.map((c) => [c.edits, c.separator, c.error])]);
 }
+
+export const EPOCH_WEIGHT_GRID = "StyleLoRAEpochWeightGrid";
+export const PICK_EPOCH = "StyleLoRAPickEpoch";
+
+function linkById(graph, id) {
+  const links = graph?.links;
+  return graph?.getLink?.(id) ?? links?.get?.(id) ?? links?.[id] ?? null;
+}
+
+function nodeById(graph, id) {
+  return graph?.getNodeById?.(id) ?? graph?._nodes_by_id?.[id] ?? graph?.nodes?.get?.(id) ?? null;
+}
+
+/**
+ * The nodes fed by ``node``'s output ``slot`` (an index, or the output's name), following Reroute
+ * nodes; each once, in link order. Reads LiteGraph's output.links and graph links (Map or object).
+ */
+export function outputNodes(node, slot) {
+  const out = [];
+  const seen = new Set();
+  const visit = (current, index, depth) => {
+    if (!current || depth > MAX_DEPTH) return;
+    for (const id of current.outputs?.[index]?.links ?? []) {
+      const link = linkById(current.graph, id);
+      const target = link ? nodeById(current.graph, link.target_id) : null;
+      if (!target || seen.has(target)) continue;
+      seen.add(target);
+      if (PASS_THROUGH.has(nodeType(target))) visit(target, 0, depth + 1);
+      else out.push(target);
+    }
+  };
+  const index = typeof slot === "number" ? slot : (node?.outputs?.findIndex((o) => o.name === slot) ?? -1);
+  if (index >= 0) visit(node, index, 0);
+  return out;
+}

@@ -1,5 +1,6 @@
 // The live training panel's data: the server's history (GET /style_lora/training) merged with the
-// training events (named in contract.json), deduplicated by step, reset when a new run starts.
+// training events (named in contract.json), deduplicated by step (points) or epoch (epochs,
+// validation losses, samples), reset when a new run starts.
 // Pure module: no DOM, no ComfyUI imports, no side effects on import.
 import CONTRACT from "./contract.json" with { type: "json" };
 
@@ -8,6 +9,8 @@ const EVENT_KINDS = new Map(Object.entries(CONTRACT.events).map(([kind, name]) =
 
 export const TERMINAL_STATES = Object.freeze(["finished", "stopped", "failed"]);
 export const MAX_POINTS = 20000;
+// Events of a run in progress: one for another run (or before train_start) starts that run.
+const LIVE_KINDS = new Set(["train_step", "train_epoch", "train_validation", "train_sample"]);
 
 /** An empty history for one TrainLoRA node. */
 export function createHistory(node = null) {
@@ -22,7 +25,10 @@ export function createHistory(node = null) {
     start_step: 0,
     eta_seconds: null,
     points: [], // [{step, epoch, loss, lr, dlr}] sorted by step, one per step
-    epochs: [], // [{epoch, step, file, mean_loss}] sorted by epoch, one per epoch
+    epochs: [], // [{epoch, step, file, mean_loss, validation_loss}] sorted by epoch, one per epoch
+    validation: [], // [{epoch, step, loss}] sorted by epoch (0 = before training), one per epoch
+    validation_source: "", // what the validation loss is measured on: "training images (8 images)"
+    samples: [], // [{epoch, seconds, prompts, cells: [{weight, images: [{filename, subfolder, type}]}]}] by epoch
     seq: 0, // bumped on every reset by a live event (see beginFetch / applySnapshot)
     version: 0, // bumped on every change, so a panel knows when to redraw
   };
@@ -62,15 +68,49 @@ export function upsertPoint(points, point) {
   return points;
 }
 
-function upsertEpoch(epochs, epoch) {
-  const e = { epoch: num(epoch.epoch, 0), step: num(epoch.step, 0), file: epoch.file ?? "",
-    mean_loss: num(epoch.mean_loss) };
-  const index = epochs.findIndex((x) => x.epoch === e.epoch);
-  if (index >= 0) epochs[index] = e;
+/** Insert or replace ``entry`` by its epoch, keeping ``list`` sorted by epoch. */
+function upsertByEpoch(list, entry) {
+  const index = list.findIndex((x) => x.epoch === entry.epoch);
+  if (index >= 0) list[index] = entry;
   else {
-    epochs.push(e);
-    epochs.sort((a, b) => a.epoch - b.epoch);
+    list.push(entry);
+    list.sort((a, b) => a.epoch - b.epoch);
   }
+}
+
+function upsertEpoch(epochs, epoch) {
+  upsertByEpoch(epochs, { epoch: num(epoch.epoch, 0), step: num(epoch.step, 0), file: epoch.file ?? "",
+    mean_loss: num(epoch.mean_loss), validation_loss: num(epoch.validation_loss) });
+}
+
+/**
+ * One validation loss: {epoch, step, loss} from a train_validation event ("validation_loss") or a
+ * snapshot entry ("loss"), with the set it was measured on ("source", optional). Epoch 0 (before training) without a step sits at the run's start step.
+ * Entries without a finite loss are skipped.
+ */
+function upsertValidation(history, entry) {
+  const loss = num(entry.loss ?? entry.validation_loss);
+  if (loss === null) return false;
+  const epoch = num(entry.epoch, 0);
+  const fallback = epoch === 0 ? history.start_step : history.epochs.find((e) => e.epoch === epoch)?.step;
+  upsertByEpoch(history.validation, { epoch, step: num(entry.step, fallback ?? 0), loss });
+  if (entry.source) history.validation_source = String(entry.source);
+  return true;
+}
+
+function cleanImage(image) {
+  return { filename: String(image?.filename ?? ""), subfolder: String(image?.subfolder ?? ""),
+    type: String(image?.type ?? "temp") };
+}
+
+/** One epoch's sample images (a train_sample payload, or a snapshot's entry); a repeat replaces it. */
+function upsertSample(samples, sample) {
+  const cells = (Array.isArray(sample.cells) ? sample.cells : []).map((cell) => ({
+    weight: num(cell?.weight),
+    images: (Array.isArray(cell?.images) ? cell.images : []).map(cleanImage).filter((i) => i.filename),
+  }));
+  upsertByEpoch(samples, { epoch: num(sample.epoch, 0), seconds: num(sample.seconds), cells,
+    prompts: (Array.isArray(sample.prompts) ? sample.prompts : []).map(String) });
 }
 
 /** Keep a very long run's shape within ``limit`` points: drop every other point of the older half. */
@@ -98,7 +138,7 @@ export function applyEvent(history, type, detail) {
   if (kind === "train_start") {
     resetForRun(history, run);
     takeSizes(history, detail);
-  } else if (kind === "train_step" || kind === "train_epoch") {
+  } else if (LIVE_KINDS.has(kind)) {
     // A page opened mid-run never saw train_start: the first event of another run starts it.
     if (run !== history.run || history.state === "idle") {
       if (run !== history.run) resetForRun(history, run);
@@ -110,8 +150,14 @@ export function applyEvent(history, type, detail) {
       history.points = capPoints(history.points);
       history.eta_seconds = num(detail.eta_seconds);
       if (!TERMINAL_STATES.includes(history.state)) history.state = "running";
-    } else {
+    } else if (kind === "train_epoch") {
       upsertEpoch(history.epochs, detail);
+      // The epoch's validation loss also comes with train_validation; either one draws the point.
+      if (num(detail.validation_loss) !== null) upsertValidation(history, detail);
+    } else if (kind === "train_validation") {
+      upsertValidation(history, detail); // one without a number (failed) is skipped
+    } else {
+      upsertSample(history.samples, detail);
     }
   } else if (kind === "train_end") {
     if (run !== history.run && history.run !== null) return false; // the end of a run we replaced
@@ -132,9 +178,9 @@ export function beginFetch(history) {
 }
 
 /**
- * Merge the server's snapshot of the node's last run. Same run: points and epochs are united
- * (deduplicated by step / epoch), a finished state is never taken back to "running". Another run:
- * the snapshot replaces the history, unless a live event started a run after the request was
+ * Merge the server's snapshot of the node's last run. Same run: points, epochs, validation losses
+ * and samples are united (deduplicated by step / epoch), a finished state is never taken back to
+ * "running". Another run: the snapshot replaces the history, unless a live event started a run after the request was
  * made (``token`` from beginFetch), in which case the live data is newer and the snapshot is
  * ignored. Returns true when the history changed.
  */
@@ -150,6 +196,8 @@ export function applySnapshot(history, snapshot, token = history.seq) {
   for (const point of snapshot.points ?? []) upsertPoint(history.points, point);
   history.points = capPoints(history.points);
   for (const epoch of snapshot.epochs ?? []) upsertEpoch(history.epochs, epoch);
+  for (const entry of snapshot.validation ?? []) upsertValidation(history, entry);
+  for (const sample of snapshot.samples ?? []) upsertSample(history.samples, sample);
   const state = snapshot.state ?? "idle";
   if (!(TERMINAL_STATES.includes(history.state) && state === "running")) {
     history.state = state;

@@ -1,19 +1,24 @@
-// Train LoRA panel: a live loss / d·lr chart with epoch markers that survives a page reload (the
-// server's history is read again). new TrainingPanel(node, {server}): the pack's routes
-// (../lib/api.js) come from the entry, which also hands it the training events (onEvent); this
-// module imports nothing from ComfyUI and does nothing on import.
+// Train LoRA panel: a live loss / validation loss / d·lr chart with epoch markers and, below it,
+// the strip of images sampled after each epoch; both survive a page reload (the server's history
+// is read again). new TrainingPanel(node, {app, server}): the pack's routes (../lib/api.js) come
+// from the entry, which also hands it the training events (onEvent); this module imports nothing
+// from ComfyUI and does nothing on import.
 import CONTRACT from "../lib/contract.json" with { type: "json" };
 import { draw, headerText } from "../lib/chart.js";
-import { addPanelWidget, el } from "../lib/dom.js";
+import { addPanelWidget, el, growToMinHeight, markDirty, routeWheel } from "../lib/dom.js";
 import { TRAIN } from "../lib/graph.js";
 import { applyEvent, applySnapshot, beginFetch, createHistory } from "../lib/history.js";
+import { sampleRows, samplesKey, stripHeight } from "../lib/samples.js";
 
 const PANEL = CONTRACT.panels[TRAIN];
 
 export class TrainingPanel {
-  constructor(node, { server }) {
+  constructor(node, { app, server }) {
     this.node = node;
+    this.app = app;
     this.server = server;
+    this.stripKey = samplesKey([]);
+    this.stripRows = 0;
     this.history = createHistory(node.id);
     this.drawn = -1;
     this.frame = null;
@@ -22,8 +27,11 @@ export class TrainingPanel {
     this.headerEl = el("div", { class: "slt-header" });
     this.canvas = el("canvas");
     this.wrap = el("div", { class: "slt-chart-wrap" }, this.canvas);
-    this.root = el("div", { class: "slt-panel" }, this.headerEl, this.wrap);
-    addPanelWidget(node, PANEL.widget, this.root, PANEL.panel_height);
+    this.strip = el("div", { class: "slt-samples", style: "display: none;" });
+    if (app) routeWheel(this.strip, app);
+    this.root = el("div", { class: "slt-panel" }, this.headerEl, this.wrap, this.strip);
+    // The panel grows by the strip's height once epochs were sampled (a few rows, more scroll).
+    addPanelWidget(node, PANEL.widget, this.root, () => PANEL.panel_height + stripHeight(this.stripRows));
     if (typeof ResizeObserver === "function") {
       this.resizer = new ResizeObserver(() => this.redraw(true));
       this.resizer.observe(this.wrap);
@@ -33,6 +41,9 @@ export class TrainingPanel {
       get history() { return panel.history; },
       get points() { return panel.history.points; },
       get epochs() { return panel.history.epochs; },
+      get validation() { return panel.history.validation; },
+      get samples() { return panel.history.samples; },
+      get strip() { return panel.strip; },
       get state() { return panel.history.state; },
       get run() { return panel.history.run; },
       get header() { return panel.headerEl.textContent; },
@@ -111,6 +122,7 @@ export class TrainingPanel {
     this.headerEl.textContent = text;
     this.headerEl.title = text;
     this.headerEl.classList.toggle("slt-failed", history.state === "failed" || (this.error && history.state === "idle"));
+    this.paintStrip();
     const width = this.wrap.clientWidth;
     const height = this.wrap.clientHeight;
     if (!width || !height) return;
@@ -123,6 +135,32 @@ export class TrainingPanel {
     if (!ctx) return;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     draw(ctx, history, width, height);
+  }
+
+  /** Rebuild the sample strip when the sampled epochs changed; grow the node for new rows. */
+  paintStrip() {
+    const samples = this.history.samples;
+    const key = samplesKey(samples);
+    if (key === this.stripKey) return;
+    this.stripKey = key;
+    const rows = sampleRows(samples);
+    const title = el("div", { class: "slt-samples-title",
+      text: `Samples after each epoch (newest first) · ${rows.length} epoch${rows.length === 1 ? "" : "s"}` });
+    this.strip.replaceChildren(title, ...rows.map((row) => el("div", { class: "slt-sample-row" },
+      el("div", { class: "slt-sample-label", text: row.label, title: row.title }),
+      el("div", { class: "slt-sample-cells" }, row.cells.map((cell) => el("div", { class: "slt-sample-cell" },
+        el("div", { class: "slt-sample-images" }, cell.images.map((image) => {
+          const url = this.server.viewUrl(image.ref);
+          return el("a", { href: url, target: "_blank", rel: "noopener", title: image.alt },
+            el("img", { class: "slt-sample-thumb", loading: "lazy", alt: image.alt, src: url }));
+        })),
+        el("div", { class: "slt-sample-weight", text: cell.label })))))));
+    this.strip.style.cssText = rows.length ? "" : "display: none;";
+    if (rows.length !== this.stripRows) {
+      this.stripRows = rows.length;
+      growToMinHeight(this.node);
+      if (this.app) markDirty(this.node, this.app);
+    }
   }
 
   dispose() {

@@ -175,6 +175,7 @@ class WebSocketListener(threading.Thread):
         super().__init__(daemon=True)
         self.events: list[dict] = []
         self.texts: list[tuple[str, str]] = []  # (node id, text) from send_progress_text
+        self.previews: list[dict] = []  # preview images: {"node": id or None, "image": bytes}
         self._sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
         self._sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -222,6 +223,12 @@ class WebSocketListener(threading.Thread):
                     if event_type == 3:  # BinaryEventTypes.TEXT: node id length, node id, text
                         (n,) = struct.unpack(">I", payload[4:8])
                         self.texts.append((payload[8:8 + n].decode(), payload[8 + n:].decode(errors="replace")))
+                    elif event_type == 1:  # PREVIEW_IMAGE: image type, image bytes
+                        self.previews.append({"node": None, "image": payload[8:]})
+                    elif event_type == 4:  # PREVIEW_IMAGE_WITH_METADATA: JSON length, JSON, image bytes
+                        (n,) = struct.unpack(">I", payload[4:8])
+                        meta = json.loads(payload[8:8 + n])
+                        self.previews.append({"node": meta.get("node_id"), "image": payload[8 + n:]})
                 elif opcode == 9:
                     self._send_pong(payload)
                 elif opcode == 8:

@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from style_lora_trainer.style_lora_engine.grid import (
+    MARK,
     MIN_CELL,
     compose_grid,
+    compose_grid_with_boxes,
     plot_loss,
     smooth_ema,
 )
@@ -142,6 +144,63 @@ def test_grid_accepts_other_modes() -> None:
     cells = [[Image.new("L", (16, 16), 90), Image.new("RGBA", (16, 16), (10, 200, 30, 128))]]
     img = compose_grid(cells, ["1"], ["0.5", "1.0"])
     assert img.mode == "RGB"
+
+
+def solid_cells(rows: int, cols: int, size: int) -> list[list[Image.Image]]:
+    return [[Image.new("RGB", (size, size), colour(i, j)) for j in range(cols)] for i in range(rows)]
+
+
+@pytest.mark.parametrize(("rows", "cols", "size"), [(1, 1, 32), (3, 4, 32), (2, 3, 200), (5, 2, 48)])
+def test_cell_boxes_are_the_exact_pixels_of_each_cell(rows: int, cols: int, size: int) -> None:
+    labels = [f"epoch {i + 1}\nval 0.1234 · loss 0.1400" for i in range(rows)]
+    img, boxes = compose_grid_with_boxes(solid_cells(rows, cols, size), labels, [f"{j}" for j in range(cols)],
+                                         title="t", marked_rows=[rows - 1])
+    arr = np.asarray(img)
+    assert len(boxes) == rows and all(len(r) == cols for r in boxes)
+    for i in range(rows):
+        for j in range(cols):
+            x0, y0, x1, y1 = boxes[i][j]
+            assert 0 <= x0 < x1 <= img.width and 0 <= y0 < y1 <= img.height
+            inside = arr[y0:y1, x0:x1]
+            assert np.all(inside == np.array(colour(i, j), dtype=arr.dtype))  # every pixel of the box
+            assert find_box(arr, colour(i, j)) == (x0, y0, x1, y1)  # and nothing of the cell outside it
+    # compose_grid draws the same image
+    same = compose_grid(solid_cells(rows, cols, size), labels, [f"{j}" for j in range(cols)], title="t",
+                        marked_rows=[rows - 1])
+    assert np.array_equal(np.asarray(same), arr)
+
+
+def test_marked_row_gets_a_frame_outside_its_cells_and_a_coloured_label() -> None:
+    labels = ["epoch 1\nval 0.2 · loss 0.2", "epoch 2\nval 0.1 · loss 0.2\n» lowest val", "epoch 3\nval -"]
+    img, boxes = compose_grid_with_boxes(solid_cells(3, 2, 32), labels, ["0.8", "1"], marked_rows=[1])
+    arr = np.asarray(img)
+    is_mark = np.all(arr == np.array(MARK, dtype=arr.dtype), axis=-1)
+    x0, y0 = boxes[1][0][:2]
+    x1, y1 = boxes[1][-1][2:]
+    # the frame: just outside the row's cells, on all four sides
+    assert is_mark[y0 - 1, x0:x1].all() and is_mark[y1, x0:x1].all()
+    assert is_mark[y0:y1, x0 - 1].all() and is_mark[y0:y1, x1].all()
+    # the label is drawn in the mark colour, left of the row
+    assert is_mark[y0:y1, : x0 - 1 - 8].any()
+    plain = np.asarray(compose_grid(solid_cells(3, 2, 32), labels, ["0.8", "1"]))
+    assert not np.all(plain == np.array(MARK, dtype=plain.dtype), axis=-1).any()
+    # out-of-range marks are ignored
+    compose_grid(solid_cells(1, 1, 32), ["a"], ["b"], marked_rows=[5, -1])
+
+
+def test_multi_line_row_labels_stay_within_their_row() -> None:
+    labels = [f"epoch {i + 1}\nval 0.1234 · loss 0.1400\n» lowest val" for i in range(3)]
+    img, boxes = compose_grid_with_boxes(solid_cells(3, 1, 32), labels, ["1"], x_axis="", y_axis="")
+    arr = np.asarray(img)
+    left = boxes[0][0][0]
+    for i in range(3):
+        _, y0, _, y1 = boxes[i][0]
+        assert dark(arr[y0:y1, :left])
+    # nothing dark in the label column between rows' cells (each label block is inside its row's height)
+    gap_top, gap_bottom = boxes[0][0][3], boxes[1][0][1]
+    assert not dark(arr[gap_top:gap_bottom, :left])
+    single = compose_grid(solid_cells(3, 1, 32), [f"epoch {i + 1}" for i in range(3)], ["1"], x_axis="", y_axis="")
+    assert img.width > single.width  # the longer second line widens the label column
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ def test_python_event_names_are_the_contracts():
     names = json.loads((ROOT / "js" / "lib" / "contract.json").read_text(encoding="utf-8"))["events"]
     assert [events.EVENT_START, events.EVENT_STEP, events.EVENT_EPOCH, events.EVENT_END] == [
         names["train_start"], names["train_step"], names["train_epoch"], names["train_end"]]
-    assert len(set(names.values())) == 4
+    assert [canvas_contract.EVENT_VALIDATION, canvas_contract.EVENT_SAMPLE] == [
+        names["train_validation"], names["train_sample"]]
+    assert len(set(names.values())) == 6
 
 
 def test_no_python_module_spells_an_event_name():

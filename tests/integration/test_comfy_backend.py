@@ -455,3 +455,40 @@ def test_a_failed_restore_of_the_text_encoder_still_puts_the_unet_and_vae_back(t
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     assert all(torch.equal(vae.first_stage_model.state_dict()[k], v) for k, v in vae_before.items())
     assert mm.in_training is False  # ComfyUI's flag is put back too
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sampling_while_training_sees_the_users_model_and_changes_no_number(tmp_path, mm, monkeypatch, precision):
+    """Train LoRA's samples: the host samples the user's own weights (not the bf16 copy, no training LoRA
+    layers), and the run's losses and validation losses are those of a run without samples."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from style_lora_trainer.style_lora_engine.trainer import SampleHook, TrainCallbacks
+
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "out"))
+    config = TrainConfig(rank=2, alpha=1.0, epochs=2, batch_size=2, optimizer="AdamW", learning_rate=1e-2,
+                         mixed_precision=precision)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain_model, clip, vae = comfy_objects()
+    plain = train_lora(ComfyBackend(plain_model, clip, vae), _dataset(tmp_path / "a"), config,
+                       runs_root=tmp_path / "runs_a", output_name="s")
+    model, clip, vae = comfy_objects()
+    unet = model.model.diffusion_model
+    before = {k: v.detach().clone() for k, v in unet.named_parameters()}
+    seen = []
+
+    def render(epoch, path):
+        weights_now = dict(unet.named_parameters())
+        seen.append((epoch, path is None, any(isinstance(m, BaseTunerLayer) for m in unet.modules()),
+                     weights_now.keys() == before.keys()
+                     and all(torch.equal(weights_now[k].detach(), v) for k, v in before.items())))
+
+    result = train_lora(ComfyBackend(model, clip, vae), _dataset(tmp_path / "b"), config,
+                        runs_root=tmp_path / "runs_b", output_name="s",
+                        callbacks=TrainCallbacks(sampler=SampleHook(render=render)))
+    assert seen == [(0, True, False, True), (1, False, False, True), (2, False, False, True)]
+    assert result.losses == plain.losses
+    assert result.validation == plain.validation
+    for name, value in before.items():
+        assert torch.equal(dict(unet.named_parameters())[name].detach(), value), name

@@ -118,3 +118,39 @@ def test_host_renders_comfy_models_with_comfyuis_sampling(comfy, tmp_path, monke
     assert seen["args"][:4] == (model, clip, vae, files) and seen["kwargs"] == {"seed": 3}
     with pytest.raises(Exception, match="Load Checkpoint"):
         host.render_grid_cells(object(), clip, vae, [], [1.0], ["p"])
+
+
+def test_training_samples_apply_the_file_as_loraloader_does(comfy, tmp_path, monkeypatch):
+    """Samples during training read the run's file with the two calls LoraLoader.load_lora makes
+    (load_torch_file, then load_lora_for_models with its metadata), since the run folder is no loras folder."""
+    model, clip, vae = comfy_objects()
+    path = lora_file(tmp_path, "r-000002.safetensors", UNET_KEY)
+
+    def load_torch_file(name, safe_load=False, return_metadata=False):
+        comfy.calls.append(("load_torch_file", name, safe_load, return_metadata))
+        return {"lora": "tensors"}, {"ss_epoch": "2"}
+
+    def load_lora_for_models(model_in, clip_in, lora, strength_model, strength_clip, lora_metadata=None):
+        comfy.calls.append(("load_lora_for_models", lora, strength_model, strength_clip, lora_metadata))
+        new = model_in.clone()
+        new.strength = strength_model
+        return new, SimpleNamespace(strength=strength_clip)
+
+    modules = {"nodes": comfy_modules.comfy_module("nodes"), "comfy.model_management": comfy.mm,
+               "comfy.utils": SimpleNamespace(load_torch_file=load_torch_file),
+               "comfy.sd": SimpleNamespace(load_lora_for_models=load_lora_for_models)}
+    monkeypatch.setattr(comfy_modules, "comfy_module", lambda name: modules.get(name))
+    out = host.render_samples(model, clip, vae, path, [0.8, 1.0], ["a cat"], seed=3, steps=2, cfg=4.0,
+                              width=16, height=16)
+    assert [w for w, _ in out] == [0.8, 1.0] and all(len(images) == 1 for _, images in out)
+    assert [c for c in comfy.calls if c[0] == "load_torch_file"] == [("load_torch_file", str(path), True, True)]
+    assert [c[1:] for c in comfy.calls if c[0] == "load_lora_for_models"] == [
+        ({"lora": "tensors"}, 0.8, 0.8, {"ss_epoch": "2"}), ({"lora": "tensors"}, 1.0, 1.0, {"ss_epoch": "2"})]
+    assert [c[1] for c in comfy.calls if c[0] == "ksampler"] == [0.8, 1.0]
+    # the prompts are encoded with each weight's CLIP, as a LoraLoader → CLIPTextEncode graph does
+    assert [c[1:] for c in comfy.calls if c[0] == "encode"] == [(0.8, "a cat"), (0.8, ""), (1.0, "a cat"), (1.0, "")]
+    comfy.calls.clear()
+    base = host.render_samples(model, clip, vae, None, [0.8], ["a cat"], seed=3, steps=2, width=16, height=16)
+    assert [w for w, _ in base] == [None]
+    assert [c[1] for c in comfy.calls if c[0] == "ksampler"] == [0.0]  # the user's model itself
+    assert not [c for c in comfy.calls if c[0].startswith("load_")]

@@ -85,3 +85,10 @@ test("dataset listings are shared for a few seconds, per folder and caption exte
   other.datasetListing("b", ".txt");
   assert.equal(api.calls.length, 8);
 });
+
+test("viewUrl: ComfyUI's /view URL of a saved image ref, through api.apiURL", () => {
+  const server = createServerApi(fakeApi(() => reply(200, {})));
+  assert.equal(server.viewUrl({ filename: "s 1.png", subfolder: "style_lora/run&1", type: "temp" }),
+    "/api/view?filename=s+1.png&subfolder=style_lora%2Frun%261&type=temp");
+  assert.equal(server.viewUrl({ filename: "g.png" }), "/api/view?filename=g.png&subfolder=&type=temp");
+});

@@ -226,3 +226,48 @@ test("draw: a run with one step so far shows that step as a dot", () => {
   draw(many, run(6), 400, 200);
   assert.equal(many.calls.filter((c) => c.op === "fillRect" && c.fillStyle === COLOURS.loss && c.args[2] < 10).length, 0);
 });
+
+/** run(12) with validation losses at epochs 0..3 (epoch 0 before training, at the start step). */
+function validated(values = [0.3, 0.2, 0.15, 0.12]) {
+  const h = run(12);
+  values.forEach((loss, epoch) => applyEvent(h, "train_validation", { node: "3", run: "r", epoch, step: epoch * 4,
+    validation_loss: loss, source: "training images (8 images)" }));
+  return h;
+}
+
+test("chartModel: validation loss per epoch at the epoch's end step, on the loss axis", () => {
+  const h = validated([0.9, 0.2, 0.15, 0.12]);
+  const m = chartModel(h, 400, 200);
+  assert.deepEqual(m.series.validation.map(([x]) => x), [0, 4, 8, 12].map((s) => m.x(s)));
+  assert.equal(m.series.validation[0][0], m.box.left); // epoch 0 at the run's start step
+  assert.ok(close(m.series.validation[1][1], m.yLoss(0.2)));
+  assert.ok(m.lossDomain[1] >= 0.9); // the loss axis makes room for the validation values
+  assert.deepEqual(chartModel(run(12), 400, 200).series.validation, []);
+  assert.match(headerText(h), /· loss 0\.0417 · val 0\.1200 ·/);
+  assert.doesNotMatch(headerText(run(12)), /val/);
+});
+
+test("draw: the validation series has its own colour, dots and a legend entry only when there is one", () => {
+  const ctx = recordingContext();
+  draw(ctx, validated(), 400, 220);
+  assert.ok(!Object.values(COLOURS).some((c, i, all) => c === COLOURS.validation && all.indexOf(c) !== i)); // its own
+  assert.equal(strokesIn(ctx.calls, COLOURS.validation)[0].segments, 3);
+  const dots = ctx.calls.filter((c) => c.op === "fillRect" && c.fillStyle === COLOURS.validation && c.args[2] < 10);
+  assert.equal(dots.length, 4);
+  const texts = ctx.calls.filter((c) => c.op === "fillText").map((c) => c.args[0]);
+  assert.ok(texts.includes("val loss"));
+  const plain = recordingContext();
+  draw(plain, run(12), 400, 220);
+  assert.ok(!plain.calls.some((c) => c.op === "fillText" && c.args[0] === "val loss"));
+  // Before the first step, epoch 0's validation loss is already drawn (as a dot).
+  const early = createHistory("3");
+  applyEvent(early, "train_start", { node: "3", run: "r", total_steps: 12, num_epochs: 3, steps_per_epoch: 4, start_step: 0 });
+  applyEvent(early, "train_validation", { node: "3", run: "r", epoch: 0, step: 0, validation_loss: 0.3 });
+  const first = recordingContext();
+  draw(first, early, 400, 220);
+  assert.ok(first.calls.some((c) => c.op === "fillText" && c.args[0] === "waiting for the first step…"));
+  assert.ok(first.calls.some((c) => c.op === "fillRect" && c.fillStyle === COLOURS.validation && c.args[2] < 10));
+  for (const c of first.calls) {
+    if (c.op === "lineTo" || c.op === "moveTo") assert.ok(c.args.every(Number.isFinite), JSON.stringify(c));
+  }
+});

@@ -17,9 +17,11 @@ const ALLOWED_NUMBERS = [
 
 test("contract.json has exactly the agreed shape", () => {
   assert.deepEqual(Object.keys(CONTRACT), ["events", "panels", "result_text"]);
-  assert.deepEqual(Object.keys(CONTRACT.events), ["train_start", "train_step", "train_epoch", "train_end"]);
+  assert.deepEqual(Object.keys(CONTRACT.events), ["train_start", "train_step", "train_epoch", "train_end",
+    "train_validation", "train_sample"]);
   for (const [key, name] of Object.entries(CONTRACT.events)) assert.equal(name, `style_lora.${key}`);
-  assert.deepEqual(Object.keys(CONTRACT.panels), ["StyleLoRACaptionEditor", "StyleLoRAShuffleCaption", "StyleLoRATrain"]);
+  assert.deepEqual(Object.keys(CONTRACT.panels), ["StyleLoRACaptionEditor", "StyleLoRAShuffleCaption", "StyleLoRATrain",
+    "StyleLoRAEpochWeightGrid"]);
   for (const [type, panel] of Object.entries(CONTRACT.panels)) {
     assert.deepEqual(Object.keys(panel), ["widget", "min_width", "min_height", "panel_height"], type);
     assert.match(panel.widget, /^[a-z_]+$/, type);

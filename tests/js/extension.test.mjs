@@ -202,7 +202,7 @@ const app = {
   },
 };
 
-function makeNode(graph, type, widgets, inputs) {
+function makeNode(graph, type, widgets, inputs, outputs = []) {
   const node = {
     id: graph.nextId++,
     type,
@@ -211,6 +211,7 @@ function makeNode(graph, type, widgets, inputs) {
     graph,
     size: [300, 200],
     inputs: inputs.map((name) => ({ name, link: null })),
+    outputs: outputs.map((name) => ({ name, links: [] })),
     widgets: Object.entries(widgets).map(([name, value]) => ({ name, value, options: {}, callback: null })),
     addDOMWidget(name, type_, element, options) {
       const widget = { name, type: type_, element, options: { ...options },
@@ -237,13 +238,17 @@ function makeNode(graph, type, widgets, inputs) {
 }
 
 function makeGraph() {
-  return { nextId: 1, nodes: new Map(), links: new Map(), nextLink: 1 };
+  return { nextId: 1, nodes: new Map(), links: new Map(), nextLink: 1, getNodeById(id) {
+    return this.nodes.get(id) ?? null;
+  } };
 }
 
-function connect(graph, origin, target, inputName) {
+/** Link ``origin``'s output (slot 0, or ``slot``) to ``target``'s input called ``inputName``. */
+function connect(graph, origin, target, inputName, slot = 0) {
   const id = graph.nextLink++;
-  graph.links.set(id, { origin: origin.id });
+  graph.links.set(id, { origin: origin.id, origin_id: origin.id, origin_slot: slot, target_id: target.id });
   target.inputs.find((i) => i.name === inputName).link = id;
+  origin.outputs?.[slot]?.links.push(id);
 }
 
 const widget = (node, name) => node.widgets.find((w) => w.name === name);
@@ -301,8 +306,8 @@ function captionPipeline(folder = "apples") {
   return { graph, load, editor };
 }
 
-test("setup registers the four training events and installs the link colours", () => {
-  assert.equal(Object.keys(CONTRACT.events).length, 4);
+test("setup registers the six training events and installs the link colours", () => {
+  assert.equal(Object.keys(CONTRACT.events).length, 6);
   for (const name of Object.values(CONTRACT.events)) {
     assert.equal(eventListeners[name]?.length, 1, name);
   }
@@ -330,7 +335,7 @@ test("setup links js/style_lora_trainer.css once; the link colours' CSS variable
 test("every slt-* class the JS sets has a rule in js/style_lora_trainer.css", () => {
   const css = readFileSync(new URL(STYLESHEET_URL), "utf8");
   const files = ["style_lora_trainer.js", "panels/caption_gallery.js", "panels/shuffle_preview.js",
-    "panels/training_chart.js", "panels/result_text.js"];
+    "panels/training_chart.js", "panels/result_text.js", "panels/grid_picker.js"];
   const used = new Set(files.flatMap((f) => readFileSync(new URL(`../../js/${f}`, import.meta.url), "utf8")
     .match(/slt-[a-z][a-z-]*/g) ?? []));
   used.delete("slt-gallery"); // a handle for the gallery's root, for scripts: no rule of its own
@@ -348,6 +353,7 @@ test("panels get the widget names and sizes of contract.json, the result text it
     StyleLoRAShuffleCaption: makeNode(graph, "StyleLoRAShuffleCaption", { enabled: true, separator: ",", keep_tokens: 1,
       seed: 7, preview_count: 1 }, ["dataset"]),
     StyleLoRATrain: makeNode(graph, "StyleLoRATrain", { epochs: 2 }, ["dataset"]),
+    StyleLoRAEpochWeightGrid: makeNode(graph, "StyleLoRAEpochWeightGrid", { weights: "0.8, 1.0" }, ["model"], ["grid", "table"]),
   };
   routes.set("GET /style_lora/training", (url) => [200, { node: url.searchParams.get("node"), run: null, state: "idle",
     points: [], epochs: [] }]);
@@ -816,6 +822,154 @@ test("shuffle preview: an error drops the previous answer's caption count and no
   routes.set("POST /style_lora/shuffle_preview", () => [400, { error: "Cannot use these shuffle settings: bad" }]);
   await shuffle.styleLoraShuffle.refresh();
   assert.equal(list.textContent, "");
+});
+
+// ---------------------------------------------------------------------------------------------
+// issue 9: validation losses and samples in the Train LoRA panel, the grid picker
+
+const viewImage = (name) => ({ filename: name, subfolder: "style_lora", type: "temp" });
+const sendEvent = (name, detail) => eventListeners[CONTRACT.events[name]].forEach((fn) => fn({ detail }));
+const sampleRowsIn = (node) => node.styleLoraChart.strip.querySelectorAll((e) => e.className === "slt-sample-row");
+
+test("training panel: validation losses and the sample strip, from the snapshot and then live", async () => {
+  const graph = makeGraph();
+  const train = makeNode(graph, "StyleLoRATrain", { epochs: 3 }, ["dataset"]);
+  routes.set("GET /style_lora/training", (url) => [200, { node: url.searchParams.get("node"), run: "v1", state: "running",
+    message: "", total_steps: 12, num_epochs: 3, steps_per_epoch: 4, start_step: 0, eta_seconds: 30,
+    points: [1, 2, 3, 4].map((s) => ({ step: s, epoch: 1, loss: 0.3, lr: 1, dlr: 1e-4 })),
+    epochs: [{ epoch: 1, step: 4, file: "x-000001.safetensors", mean_loss: 0.3, validation_loss: 0.2 }],
+    validation: [{ epoch: 0, step: 0, loss: 0.25 }, { epoch: 1, step: 4, loss: 0.2 }],
+    samples: [{ epoch: 0, seconds: 2, prompts: ["a cat"], cells: [{ weight: null, images: [viewImage("base.png")] }] }] }]);
+  await extension.nodeCreated(train);
+  const chart = train.styleLoraChart;
+  const panelWidget = widget(train, CONTRACT.panels.StyleLoRATrain.widget);
+  assert.equal(panelWidget.options.getMinHeight(), CONTRACT.panels.StyleLoRATrain.panel_height); // no samples yet
+  await chart.refresh();
+  train.styleLoraPanel.paint();
+  assert.deepEqual(chart.validation.map((v) => [v.epoch, v.step, v.loss]), [[0, 0, 0.25], [1, 4, 0.2]]);
+  assert.match(chart.header, /val 0\.2000/);
+  let rows = sampleRowsIn(train);
+  assert.equal(rows.length, 1);
+  assert.match(rows[0].textContent, /^base/);
+  const baseImg = rows[0].querySelectorAll((e) => e.tagName === "IMG")[0];
+  assert.equal(baseImg.attributes.src, "/api/view?filename=base.png&subfolder=style_lora&type=temp");
+  const oneRow = panelWidget.options.getMinHeight();
+  assert.ok(oneRow > CONTRACT.panels.StyleLoRATrain.panel_height); // the panel grows for the strip
+  // Live: epoch 2's validation loss and samples (two weights, two prompts × one image each).
+  sendEvent("train_validation", { node: String(train.id), run: "v1", epoch: 2, step: 8, validation_loss: 0.18,
+    source: "training images (8 images)" });
+  sendEvent("train_sample", { node: String(train.id), run: "v1", epoch: 2, seconds: 5.5, prompts: ["a cat", "a house"],
+    cells: [{ weight: 0.8, images: [viewImage("e2-a.png"), viewImage("e2-b.png")] },
+      { weight: 1, images: [viewImage("e2-c.png"), viewImage("e2-d.png")] }] });
+  sendEvent("train_sample", { node: String(train.id + 100), run: "zz", epoch: 3, seconds: 1, prompts: [],
+    cells: [{ weight: 1, images: [viewImage("other.png")] }] }); // another node's: ignored
+  assert.deepEqual(chart.validation.map((v) => v.epoch), [0, 1, 2]);
+  train.styleLoraPanel.paint();
+  rows = sampleRowsIn(train);
+  assert.deepEqual(rows.map((r) => r.querySelectorAll((e) => e.className === "slt-sample-label")[0].textContent),
+    ["epoch 2", "base"]); // newest first
+  const weights = rows[0].querySelectorAll((e) => e.className === "slt-sample-weight").map((e) => e.textContent);
+  assert.deepEqual(weights, ["w 0.8", "w 1.0"]);
+  const imgs = rows[0].querySelectorAll((e) => e.tagName === "IMG");
+  assert.deepEqual(imgs.map((i) => i.attributes.src.match(/filename=([^&]+)/)[1]), ["e2-a.png", "e2-b.png", "e2-c.png", "e2-d.png"]);
+  assert.equal(imgs[1].attributes.alt, "epoch 2, w 0.8: a house");
+  assert.ok(panelWidget.options.getMinHeight() > oneRow);
+  // A new run clears both.
+  sendEvent("train_start", { node: String(train.id), run: "v2", total_steps: 12, num_epochs: 3, steps_per_epoch: 4, start_step: 0 });
+  train.styleLoraPanel.paint();
+  assert.deepEqual(chart.validation, []);
+  assert.deepEqual(chart.samples, []);
+  assert.equal(sampleRowsIn(train).length, 0);
+  assert.equal(chart.strip.style.cssText, "display: none;");
+});
+
+function gridLayout() {
+  const weights = [0.8, 1];
+  const epochs = [2, 1];
+  return { image: { filename: "style_lora_grid_00001_.png", subfolder: "", type: "temp" }, epochs, weights,
+    width: 520, height: 430, best_epoch: 2, table: { rows: [] },
+    cells: epochs.map((_, r) => weights.map((__, c) => [100 + c * 210, 20 + r * 210, 300 + c * 210, 220 + r * 210])) };
+}
+
+function gridPipeline() {
+  const graph = makeGraph();
+  const grid = makeNode(graph, "StyleLoRAEpochWeightGrid", { weights: "0.8, 1.0" }, ["model"], ["grid", "table"]);
+  const pick = makeNode(graph, "StyleLoRAPickEpoch", { rule: "lowest validation loss", epoch: 1, weight: 1 },
+    ["table", "epochs", "lora_name", "model", "clip"]);
+  const other = makeNode(graph, "StyleLoRAPickEpoch", { rule: "lowest validation loss", epoch: 1, weight: 1 }, ["table"]);
+  connect(graph, grid, pick, "table", 1);
+  return { graph, grid, pick, other };
+}
+
+test("grid picker: the executed grid is shown; a click sets the linked Pick Epoch nodes' widgets", async () => {
+  const { grid, pick, other } = gridPipeline();
+  const gridType = { prototype: grid };
+  await extension.beforeRegisterNodeDef(gridType, { name: "StyleLoRAEpochWeightGrid" });
+  await extension.nodeCreated(grid);
+  await extension.nodeCreated(pick);
+  const picker = grid.styleLoraPicker;
+  assert.ok(picker, "node.styleLoraPicker");
+  const panelWidget = widget(grid, CONTRACT.panels.StyleLoRAEpochWeightGrid.widget);
+  assert.equal(panelWidget.options.getMinHeight(), CONTRACT.panels.StyleLoRAEpochWeightGrid.panel_height);
+  assert.equal(panelWidget.serialize, false);
+  assert.match(picker.status, /Queue the workflow/);
+  grid.onExecuted({ style_lora_grid: [gridLayout()] });
+  assert.equal(picker.image, "/api/view?filename=style_lora_grid_00001_.png&subfolder=&type=temp");
+  // The pick node uses the lowest validation loss: the best epoch at its weight is marked.
+  assert.deepEqual([picker.shown.kind, picker.shown.epoch, picker.shown.weight], ["best", 2, 1]);
+  // A click on the image, shown at half size: grid pixel (420, 300) is epoch 1 at weight 1.0.
+  let dirty = 0;
+  const setDirty = app.graph.setDirtyCanvas;
+  app.graph.setDirtyCanvas = () => { dirty += 1; };
+  try {
+    const img = grid.styleLoraPanel.img;
+    img.getBoundingClientRect = () => ({ left: 10, top: 40, width: 260, height: 215 });
+    img.dispatch("click", { clientX: 10 + 420 / 2, clientY: 40 + 300 / 2 });
+  } finally {
+    app.graph.setDirtyCanvas = setDirty;
+  }
+  assert.ok(dirty > 0);
+  assert.deepEqual([widget(pick, "rule").value, widget(pick, "epoch").value, widget(pick, "weight").value],
+    ["chosen cell", 1, 1]);
+  assert.equal(widget(other, "rule").value, "lowest validation loss"); // not linked to this grid
+  assert.deepEqual([picker.shown.kind, picker.shown.row, picker.shown.col], ["chosen", 1, 1]);
+  assert.match(picker.status, /^Picked epoch 1 at weight 1\.0 \(1 Pick Epoch node\)/);
+  const mark = grid.styleLoraPanel.mark;
+  assert.match(mark.style.cssText, /^left: 59\.6153\d*%; top: 53\.4883\d*%;/);
+  assert.equal(mark.className, "slt-grid-mark slt-chosen");
+  // A click on a row label picks nothing.
+  assert.equal(picker.pickAt(50, 100), null);
+  assert.equal(widget(pick, "epoch").value, 1);
+  // The pick node edited by hand: the next poll moves the highlight.
+  widget(pick, "epoch").value = 2;
+  widget(pick, "weight").value = 0.8;
+  pollFn();
+  assert.deepEqual([picker.shown.row, picker.shown.col], [0, 0]);
+  // The grid's execution without a layout (an older node) changes nothing.
+  grid.onExecuted({ text: ["done"] });
+  assert.equal(picker.layout.epochs.length, 2);
+});
+
+test("grid picker: re-entering a workflow highlights the pick node's cell from the kept output", async () => {
+  const { grid, pick } = gridPipeline();
+  widget(pick, "rule").value = "chosen cell";
+  widget(pick, "epoch").value = 2;
+  widget(pick, "weight").value = 1;
+  app.nodeOutputs = { [String(grid.id)]: { style_lora_grid: [gridLayout()] } };
+  try {
+    await extension.nodeCreated(grid);
+    await settle(); // the panel's first check
+    const picker = grid.styleLoraPicker;
+    assert.equal(picker.layout?.best_epoch, 2);
+    assert.deepEqual([picker.shown.kind, picker.shown.epoch, picker.shown.weight], ["chosen", 2, 1]);
+    // Unlinked: nothing to set, and the status says how to connect it.
+    grid.outputs[1].links = [];
+    pollFn();
+    assert.equal(picker.shown, null);
+    assert.match(picker.status, /Connect the table output to a Pick Epoch node/);
+  } finally {
+    delete app.nodeOutputs;
+  }
 });
 
 // Last: a second copy of the entry (as if the frontend loaded the extension again) must not link

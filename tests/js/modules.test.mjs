@@ -30,10 +30,10 @@ function importsOf(source) {
 
 test("js/ has the entry, the lib modules, the panels, the stylesheet and the contract", () => {
   for (const name of ["captions.js", "chart.js", "colours.js", "graph.js", "history.js", "lint.js", "dom.js", "api.js",
-    "registry.js"]) {
+    "registry.js", "samples.js", "picker.js"]) {
     assert.ok(jsFiles.includes(`lib/${name}`), name);
   }
-  for (const name of ["caption_gallery.js", "shuffle_preview.js", "training_chart.js", "result_text.js"]) {
+  for (const name of ["caption_gallery.js", "shuffle_preview.js", "training_chart.js", "result_text.js", "grid_picker.js"]) {
     assert.ok(jsFiles.includes(`panels/${name}`), name);
   }
   assert.ok(jsFiles.includes(ENTRY));

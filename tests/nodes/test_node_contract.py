@@ -11,6 +11,7 @@ from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPP
 EXPECTED_IDS = {
     "StyleLoRALoadDataset", "StyleLoRACaptionEditor", "StyleLoRAShuffleCaption",
     "StyleLoRATrain", "StyleLoRATrainOptions", "StyleLoRASaveEpochs", "StyleLoRAEpochWeightGrid",
+    "StyleLoRAPickEpoch", "StyleLoRATrainingSamples",
 }
 CORE_TYPES = {"MODEL", "CLIP", "VAE", "IMAGE", "STRING", "INT", "FLOAT", "BOOLEAN", "LATENT", "CONDITIONING"}
 # Core node ids already taken (ComfyUI's training and LoRA nodes): ours must not collide.

@@ -117,12 +117,13 @@ def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer):
     kwargs = dict(model=model, clip=model, vae=model, prompts="a red circle\na blue square", negative="",
                   weights="0, 1.0", epochs_to_show="all", seed=1, images_per_prompt=1, steps=2, cfg=1.0,
                   sampler_name="euler", scheduler="normal", width=32, height=32)
-    (grid,) = grid_node.render(epochs=epochs, **kwargs)
+    grid, table = grid_node.render(epochs=epochs, **kwargs)["result"]
     assert grid.ndim == 4 and grid.shape[0] == 1 and grid.shape[-1] == 3
+    assert [r["lora_name"] for r in json.loads(table)["rows"]] == names.splitlines()
     # The same grid from files saved earlier, found by name in the loras folder.
-    (again,) = grid_node.render(lora_name="styles/my style", **{**kwargs, "epochs_to_show": "2, 3"})
+    again, again_table = grid_node.render(lora_name="styles/my style", **{**kwargs, "epochs_to_show": "2, 3"})["result"]
     assert again.shape == grid.shape
-    assert torch.equal(again, grid)
+    assert torch.equal(again, grid) and again_table == table
 
 
 def test_grid_input_parsing():
