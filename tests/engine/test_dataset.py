@@ -214,6 +214,7 @@ def test_dataset_type_exported() -> None:
     fields = {f.name for f in dataclasses.fields(Dataset)}
     assert fields == {
         "folder", "items", "repeats", "resolution", "caption_extension", "buckets", "skipped", "shuffle", "masks",
+        "validation",
     }
 
 
