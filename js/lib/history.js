@@ -197,6 +197,7 @@ export function applySnapshot(history, snapshot, token = history.seq) {
   history.points = capPoints(history.points);
   for (const epoch of snapshot.epochs ?? []) upsertEpoch(history.epochs, epoch);
   for (const entry of snapshot.validation ?? []) upsertValidation(history, entry);
+  if (snapshot.validation_source) history.validation_source = String(snapshot.validation_source);
   for (const sample of snapshot.samples ?? []) upsertSample(history.samples, sample);
   const state = snapshot.state ?? "idle";
   if (!(TERMINAL_STATES.includes(history.state) && state === "running")) {

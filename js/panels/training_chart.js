@@ -120,7 +120,8 @@ export class TrainingPanel {
       text = this.error;
     }
     this.headerEl.textContent = text;
-    this.headerEl.title = text;
+    // What the validation loss is measured on, for the curious (hover).
+    this.headerEl.title = history.validation_source ? `${text}\nvalidation loss on ${history.validation_source}` : text;
     this.headerEl.classList.toggle("slt-failed", history.state === "failed" || (this.error && history.state === "idle"));
     this.paintStrip();
     const width = this.wrap.clientWidth;

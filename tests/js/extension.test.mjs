@@ -838,7 +838,7 @@ test("training panel: validation losses and the sample strip, from the snapshot 
     message: "", total_steps: 12, num_epochs: 3, steps_per_epoch: 4, start_step: 0, eta_seconds: 30,
     points: [1, 2, 3, 4].map((s) => ({ step: s, epoch: 1, loss: 0.3, lr: 1, dlr: 1e-4 })),
     epochs: [{ epoch: 1, step: 4, file: "x-000001.safetensors", mean_loss: 0.3, validation_loss: 0.2 }],
-    validation: [{ epoch: 0, step: 0, loss: 0.25 }, { epoch: 1, step: 4, loss: 0.2 }],
+    validation: [{ epoch: 0, step: 0, loss: 0.25 }, { epoch: 1, step: 4, loss: 0.2 }], validation_source: "held out (4 images)",
     samples: [{ epoch: 0, seconds: 2, prompts: ["a cat"], cells: [{ weight: null, images: [viewImage("base.png")] }] }] }]);
   await extension.nodeCreated(train);
   const chart = train.styleLoraChart;
@@ -848,6 +848,7 @@ test("training panel: validation losses and the sample strip, from the snapshot 
   train.styleLoraPanel.paint();
   assert.deepEqual(chart.validation.map((v) => [v.epoch, v.step, v.loss]), [[0, 0, 0.25], [1, 4, 0.2]]);
   assert.match(chart.header, /val 0\.2000/);
+  assert.match(train.styleLoraPanel.headerEl.title, /validation loss on held out \(4 images\)$/);
   let rows = sampleRowsIn(train);
   assert.equal(rows.length, 1);
   assert.match(rows[0].textContent, /^base/);

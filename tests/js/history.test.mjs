@@ -119,7 +119,9 @@ test("validation losses: live events (epoch 0 before training), train_epoch's nu
   // After a reload: the snapshot's validation list; epoch 0 of a resumed run without a step sits at its start.
   const r = createHistory("7");
   applySnapshot(r, { node: "7", run: "r2", state: "finished", start_step: 8, points: [], epochs: [{ epoch: 3, step: 12 }],
-    validation: [{ epoch: 3, loss: 0.15 }, { epoch: 0, loss: 0.22 }, { epoch: 2, step: 8, loss: "x" }] });
+    validation: [{ epoch: 3, loss: 0.15 }, { epoch: 0, loss: 0.22 }, { epoch: 2, step: 8, loss: "x" }],
+    validation_source: "held out (4 images)" });
+  assert.equal(r.validation_source, "held out (4 images)");
   assert.deepEqual(r.validation, [{ epoch: 0, step: 8, loss: 0.22 }, { epoch: 3, step: 12, loss: 0.15 }]);
   // A new run drops them.
   applyEvent(r, "train_start", { node: "7", run: "r3", total_steps: 12, num_epochs: 3, steps_per_epoch: 4, start_step: 0 });
