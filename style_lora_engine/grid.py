@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -104,25 +105,17 @@ def _draw_lines(draw: ImageDraw.ImageDraw, center: tuple[float, float], lines: S
         y += h + spacing
 
 
-def compose_grid(
-    cells: Sequence[Sequence[Image.Image | None]],
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    *,
-    title: str = "",
-    x_axis: str = "LoRA weight",
-    y_axis: str = "epoch",
-    marked_rows: Sequence[int] = (),
-) -> Image.Image:
-    """Tile ``cells[row][col]`` under column labels and beside row labels, with axis names.
+def compose_grid(cells: Sequence[Sequence[Image.Image | None]], row_labels: Sequence[str],
+                 col_labels: Sequence[str], **options: Any) -> Image.Image:
+    """Tile ``cells[row][col]`` under column labels and beside row labels, with axis names
+    (``options``: those of :func:`compose_grid_with_boxes`).
 
     Rows are epochs and columns LoRA weights in the guide's grid. Cells smaller than
     ``MIN_CELL`` are scaled up by an integer factor with NEAREST (crisp pixels); a ``None``
     cell (a failed render) is drawn as a grey "n/a" box. A row label may hold several lines
     ("\\n"); the rows in ``marked_rows`` get a coloured label and frame (the lowest validation loss).
     """
-    return compose_grid_with_boxes(cells, row_labels, col_labels, title=title, x_axis=x_axis, y_axis=y_axis,
-                                   marked_rows=marked_rows)[0]
+    return compose_grid_with_boxes(cells, row_labels, col_labels, **options)[0]
 
 
 def compose_grid_with_boxes(

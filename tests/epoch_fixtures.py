@@ -59,3 +59,14 @@ class OwnHostModel:
     def apply_lora(self, path: Path, weight: float) -> tuple[Any, Any]:
         self.applied.append((Path(path), weight))
         return ("model with", Path(path).name, weight), ("clip with", Path(path).name, weight)
+
+
+# Validation losses of the five epochs the grid and pick tests write (ties at 2 and 4: the later wins).
+LOSSES = {1: 0.20, 2: 0.12, 3: 0.15, 4: 0.12, 5: 0.30}
+
+
+def loras_folder(tmp_path, monkeypatch):
+    """The pack's loras and output folders under ``tmp_path``; returns the loras folder."""
+    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
+    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
+    return tmp_path / "loras"

@@ -12,3 +12,13 @@ def node_env(tmp_path: Path, monkeypatch, *, count: int) -> Path:
     monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
     make_style_dataset(tmp_path / "input" / "style", count=count, size=32, seed=2)
     return tmp_path
+
+
+def load_node_dataset(folder: str = "style", **widgets):
+    """Load Dataset called as ComfyUI calls it, with the tiny datasets' widgets (32 px, 2 repeats)."""
+    from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS
+
+    args = dict(folder=folder, caption_extension=".txt", repeats=2, resolution=32, enable_bucket=True,
+                min_bucket_size=32, max_bucket_size=64, bucket_step=32, bucket_no_upscale=False,
+                skip_unreadable=False)
+    return NODE_CLASS_MAPPINGS["StyleLoRALoadDataset"]().load(**(args | widgets))

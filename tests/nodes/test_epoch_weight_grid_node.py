@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from epoch_fixtures import OwnHostModel, cell_colour, write_epochs
+from epoch_fixtures import LOSSES, OwnHostModel, cell_colour, loras_folder, write_epochs
 from PIL import Image
 
 from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
@@ -20,14 +20,11 @@ GRID = NODES["StyleLoRAEpochWeightGrid"]
 OLD_REQUIRED = ["model", "clip", "vae", "prompts", "negative", "weights", "epochs_to_show", "seed",
                 "images_per_prompt", "steps", "cfg", "sampler_name", "scheduler", "width", "height"]
 OLD_OPTIONAL = ["epochs", "lora_name"]
-LOSSES = {1: 0.20, 2: 0.12, 3: 0.15, 4: 0.12, 5: 0.30}
 
 
 @pytest.fixture
 def loras(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
-    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
-    return tmp_path / "loras"
+    return loras_folder(tmp_path, monkeypatch)
 
 
 def render(model, **kw):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from node_env import node_env
+from node_env import load_node_dataset, node_env
 from safetensors.torch import load_file
 
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
@@ -19,12 +19,7 @@ def env(tmp_path, monkeypatch):
     return node_env(tmp_path, monkeypatch, count=4)
 
 
-def _load(folder="style", **kw):
-    args = dict(folder=folder, caption_extension=".txt", repeats=2, resolution=32, enable_bucket=True,
-                min_bucket_size=32, max_bucket_size=64, bucket_step=32, bucket_no_upscale=False,
-                skip_unreadable=False)
-    args.update(kw)
-    return NODES["StyleLoRALoadDataset"]().load(**args)
+_load = load_node_dataset
 
 
 def test_load_dataset_node_reads_folder_under_input_and_lints(env):

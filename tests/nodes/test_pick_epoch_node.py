@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from comfy_fakes import comfy_objects
-from epoch_fixtures import OwnHostModel, write_epochs
+from epoch_fixtures import LOSSES, OwnHostModel, loras_folder, write_epochs
 
 from style_lora_trainer.integration import comfy_modules, host
 from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
@@ -16,14 +16,11 @@ from style_lora_trainer.style_lora_engine.epoch_stats import build_table
 from style_lora_trainer.style_lora_engine.errors import ConfigError
 
 PICK = NODE_CLASS_MAPPINGS["StyleLoRAPickEpoch"]
-LOSSES = {1: 0.20, 2: 0.12, 3: 0.15, 4: 0.12, 5: 0.30}
 
 
 @pytest.fixture
 def loras(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("STYLE_LORA_LORAS_DIR", str(tmp_path / "loras"))
-    monkeypatch.setenv("STYLE_LORA_OUTPUT_DIR", str(tmp_path / "output"))
-    return tmp_path / "loras"
+    return loras_folder(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from node_env import node_env
+from node_env import load_node_dataset, node_env
 from PIL import Image
 
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
@@ -20,11 +20,7 @@ def env(tmp_path, monkeypatch):
     return node_env(tmp_path, monkeypatch, count=5)
 
 
-def _load(folder="style", **kw):
-    args = dict(folder=folder, caption_extension=".txt", repeats=2, resolution=32, enable_bucket=True,
-                min_bucket_size=32, max_bucket_size=64, bucket_step=32, bucket_no_upscale=False,
-                skip_unreadable=False)
-    return NODES["StyleLoRALoadDataset"]().load(**(args | kw))
+_load = load_node_dataset
 
 
 def _train(model, dataset, **kw):
