@@ -57,6 +57,25 @@ export function markDirty(node, app) {
   app.graph?.setDirtyCanvas?.(true, true);
 }
 
+/**
+ * Run ``change`` (widget values the pack sets, not LiteGraph) inside the frontend's before/after
+ * change pair, so its change tracker records it: undo, the "modified" mark and the workflow kept
+ * across a reload. A click's mouseup is captured before its onclick runs, so without this the
+ * frontend would not see the change until the next user event.
+ */
+export function recordChange(app, change) {
+  const canvas = app?.canvas;
+  const pair = typeof canvas?.emitBeforeChange === "function" && typeof canvas?.emitAfterChange === "function"
+    ? [() => canvas.emitBeforeChange(), () => canvas.emitAfterChange()]
+    : [() => app?.graph?.beforeChange?.(), () => app?.graph?.afterChange?.()]; // older frontends
+  pair[0]();
+  try {
+    return change();
+  } finally {
+    pair[1]();
+  }
+}
+
 /** Scroll the panel itself; Ctrl+wheel and wheels it cannot use still zoom/pan the canvas. */
 export function routeWheel(scroller, app) {
   scroller.addEventListener("wheel", (event) => {

@@ -16,7 +16,7 @@ import {
   tryParseEdits,
   unknownOverrides,
 } from "../lib/captions.js";
-import { addPanelWidget, debounce, el, growToMinHeight, hookWidgetCallbacks, markDirty, routeWheel } from "../lib/dom.js";
+import { addPanelWidget, debounce, el, growToMinHeight, hookWidgetCallbacks, markDirty, recordChange, routeWheel } from "../lib/dom.js";
 import {
   CAPTION_EDITOR,
   chainKey,
@@ -250,6 +250,8 @@ export class CaptionGallery {
       const textarea = el("textarea", { class: "slt-caption", spellcheck: false, rows: 2,
         placeholder: "No caption yet — describe the subject, its context and each distinct element." });
       textarea.addEventListener("input", () => this.setCaption(item.file, textarea.value, { fromTextarea: true }));
+      // One undo step per finished edit (the frontend ignores keys typed into a textarea).
+      textarea.addEventListener("change", () => recordChange(this.app, () => {}));
       const badgeBox = el("span", { class: "slt-meta" });
       const revert = el("button", { class: "slt-linkish", text: "revert", title: "Drop this image's hand edit",
         onclick: () => this.setCaption(item.file, null) });
@@ -414,7 +416,7 @@ export class CaptionGallery {
     const item = this.items.find((i) => i.file === file);
     const upstream = item ? item.upstream : "";
     const next = setOverride(edits, file, text, upstream);
-    this.writeEdits(next);
+    this.writeEdits(next, { record: !fromTextarea });
     if (!fromTextarea) {
       const row = this.rows.get(file);
       if (row && item) row.textarea.value = text ?? upstream;
@@ -432,10 +434,12 @@ export class CaptionGallery {
     this.recompute();
   }
 
-  writeEdits(edits) {
+  writeEdits(edits, { record = true } = {}) {
     const widget = findWidget(this.node, "edits");
     if (!widget) return;
-    widget.value = serializeEdits(edits);
+    const write = () => { widget.value = serializeEdits(edits); };
+    if (record) recordChange(this.app, write);
+    else write();
     markDirty(this.node, this.app);
   }
 

@@ -3,7 +3,7 @@
 // weight on every Pick Epoch node fed by the grid's `table` output. new GridPicker(node, {app,
 // server}): handed in by the entry; the logic is ../lib/picker.js, this module only does DOM.
 import CONTRACT from "../lib/contract.json" with { type: "json" };
-import { addPanelWidget, el, markDirty } from "../lib/dom.js";
+import { addPanelWidget, el, markDirty, recordChange } from "../lib/dom.js";
 import { EPOCH_WEIGHT_GRID } from "../lib/graph.js";
 import { applyPick, boxPercent, cellAt, pickKey, pickNodes, readLayout, shownCell, statusText,
   toGridPoint } from "../lib/picker.js";
@@ -74,11 +74,13 @@ export class GridPicker {
     if (!cell) return null;
     const picks = pickNodes(this.node);
     const skipped = [];
-    for (const pick of picks) {
-      const { linked } = applyPick(pick, cell);
-      if (linked.length) skipped.push(`${pick.title ?? "Pick Epoch"}: ${linked.join(", ")} come from a link`);
-      markDirty(pick, this.app);
-    }
+    recordChange(this.app, () => {
+      for (const pick of picks) {
+        const { linked } = applyPick(pick, cell);
+        if (linked.length) skipped.push(`${pick.title ?? "Pick Epoch"}: ${linked.join(", ")} come from a link`);
+        markDirty(pick, this.app);
+      }
+    });
     this.message = skipped.length ? ` Not set: ${skipped.join("; ")}.` : "";
     markDirty(this.node, this.app);
     this.render();

@@ -27,7 +27,8 @@ Checked:
   the run appears in its PreviewImage node.
 
 Screenshots go to ``tests/e2e/artifacts/`` (gitignored). With ``STYLE_LORA_SCREENSHOTS_TO=docs/img``
-the caption editor, training chart and grid screenshots are also copied there for the README.
+the caption editor, training chart, grid, sample strip and grid picker screenshots are also copied
+there for the README.
 """
 
 from __future__ import annotations
@@ -693,6 +694,154 @@ def test_live_training_chart_survives_reload_and_grid_preview(ui, comfy_server):
     assert any(f"/style_lora/training?node={train_id}" in r["url"] and r["status"] == 200
                for r in ui.pack_requests if r["t"] >= reload_t), "no GET /style_lora/training after the reload"
     copied = copy_to_docs([chart_shot, grid_shot])
+    if copied:
+        print(f"copied {copied}")
+    _assert_no_errors_of_ours(ui, t0)
+
+
+# -- the sweet-spot finder: samples strip, annotated grid, a click that picks --------------------
+
+STRIP_STATE = """(id) => {
+  const node = app.graph.getNodeById(id);
+  const c = node && node.styleLoraChart;
+  if (!c) return {chart: false};
+  const rows = [...c.strip.querySelectorAll('.slt-sample-row')];
+  return {chart: true, state: c.state, validation: (c.validation || []).map((v) => v.epoch),
+          samples: (c.samples || []).map((s) => s.epoch), visible: c.strip.offsetParent !== null,
+          rows: rows.map((r) => ({label: r.querySelector('.slt-sample-label').textContent,
+            weights: [...r.querySelectorAll('.slt-sample-weight')].map((w) => w.textContent),
+            thumbs: [...r.querySelectorAll('img.slt-sample-thumb')].map((im) => ({
+              src: im.getAttribute('src'), loaded: im.complete && im.naturalWidth > 0}))}))};
+}"""
+
+# The grid panel's image and its on-screen rectangle, the layout it shows and its status line.
+PICKER_STATE = """(id) => {
+  const node = app.graph.getNodeById(id);
+  const p = node && node.styleLoraPicker;
+  const img = (node.widgets || []).map((w) => w.element).filter(Boolean)
+    .map((e) => e.querySelector && e.querySelector('img.slt-grid-image')).find(Boolean);
+  if (!p || !img) return {ready: false};
+  const r = img.getBoundingClientRect();
+  const mark = img.parentElement.querySelector('.slt-grid-mark');
+  return {ready: !!p.layout && img.complete && img.naturalWidth > 0, layout: p.layout, status: p.status,
+          rect: {left: r.left, top: r.top, width: r.width, height: r.height},
+          natural: [img.naturalWidth, img.naturalHeight], mark: mark ? mark.className : null};
+}"""
+
+PICK_WIDGETS = """async (id) => {
+  const node = app.graph.getNodeById(id);
+  const value = (name) => node.widgets.find((w) => w.name === name).value;
+  const workflow = (await app.graphToPrompt()).workflow;
+  const saved = workflow.nodes.find((n) => String(n.id) === String(id));
+  return {rule: value('rule'), epoch: value('epoch'), weight: value('weight'),
+          saved: saved ? saved.widgets_values : null};
+}"""
+
+
+def _sweet_spot_graph(folder: str, name: str, checkpoint: str) -> dict:
+    spec = _train_graph(folder, name)
+    nodes = spec["nodes"]
+    nodes["ckpt"]["widgets"]["ckpt_name"] = checkpoint
+    nodes["samples"] = {"type": "StyleLoRATrainingSamples", "widgets": {
+        "prompts": "a red round shape", "negative": "blurry", "weights": "0.8, 1.0", "every_n_epochs": 1,
+        "include_base": True, "seed": 3, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",
+        "width": SIZE, "height": SIZE}}
+    nodes["train"]["links"]["samples"] = ["samples", 0]
+    nodes["grid"]["widgets"].update({"weights": "0.8, 1.0", "order": "epoch"})
+    del nodes["grid_img"]  # the grid node shows the grid itself, in its picker panel
+    nodes["grid"]["size"] = [560, 900]  # room for the whole grid in its panel
+    nodes["pick"] = {"type": "StyleLoRAPickEpoch", "widgets": {"rule": "lowest validation loss", "epoch": 1,
+                                                               "weight": 1.0}, "links": {"table": ["grid", 1]}}
+    spec["name"] = "browser_sweet_spot"
+    spec["columns"] = [["ckpt", "ds", "samples"], ["cap", "shuf"], ["train", "save"], ["grid"], ["plot", "pick"]]
+    return spec
+
+
+def test_sample_strip_annotated_grid_and_a_click_that_picks(ui, comfy_server):
+    """Training Samples into Train LoRA: the strip fills in the training panel (base, epoch 1, 2 at
+    0.8 and 1.0); the grid panel shows the annotated grid of the run; a real
+    mouse click on a cell sets the linked Pick Epoch node (rule, epoch, weight), the workflow saves
+    it (also after a reload, as the strip), and running again picks that file."""
+    t0 = time.time()
+    server = comfy_server
+    folder, name = "browser_sweet", "browser_sweet"
+    _make_dataset(server.base / "input", folder, count=2, size=SIZE)
+    spec = _sweet_spot_graph(folder, name, server.checkpoint_name)
+    ids = ui.eval(BUILD_GRAPH, spec)
+    train_id, grid_id, pick_id = ids["train"], ids["grid"], ids["pick"]
+    entry = server.wait(_run_from_page(ui), timeout=900)
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+
+    # The strip: newest first, a row per sampled epoch, a cell per weight, every thumbnail loaded.
+    # (The panels grew while it ran: lay the columns out again so no node covers another.)
+    relayout = [[ids[key] for key in column] for column in spec["columns"]]
+    ui.eval("(columns) => window.__styleLoraRelayout(columns)", relayout)
+    ui.eval("(id) => window.__styleLoraFit([app.graph.getNodeById(id)], 1.0)", train_id)
+    strip = ui.wait_for(f"""(id) => {{ const s = ({STRIP_STATE})(id);
+        return s.chart && s.state === 'finished' && s.rows.length === 3
+          && s.rows.every((r) => r.thumbs.length && r.thumbs.every((t) => t.loaded)) ? s : false; }}""",
+                        train_id, timeout=60)
+    assert strip["visible"], strip
+    assert strip["samples"] == [0, 1, 2] and strip["validation"] == [0, 1, 2], strip
+    assert [r["label"] for r in strip["rows"]] == ["epoch 2", "epoch 1", "base"], strip["rows"]
+    assert [r["weights"] for r in strip["rows"]] == [["w 0.8", "w 1.0"], ["w 0.8", "w 1.0"], ["base"]]
+    # Each thumbnail is the image the server sent in its train_sample event (the node's ui output).
+    sent = {s["epoch"]: s for s in entry["outputs"][str(train_id)]["style_lora_samples"]}
+    for row, epoch in zip(strip["rows"], (2, 1, 0)):
+        files = [ref["filename"] for cell in sent[epoch]["cells"] for ref in cell["images"]]
+        assert [f"filename={f}" in t["src"] for t, f in zip(row["thumbs"], files)] == [True] * len(files), \
+            (row["thumbs"], files)
+    ui.page.wait_for_timeout(300)
+    strip_shot = ui.screenshot("training_samples", clip=_clip(ui.eval(NODE_RECT, train_id)))
+
+    # The grid panel: the run's annotated grid; under the rule the best epoch's cell is marked.
+    ui.eval("(columns) => window.__styleLoraRelayout(columns)", relayout)
+    ui.eval("(id) => window.__styleLoraFit([app.graph.getNodeById(id)], 1.0)", grid_id)
+    grid = ui.wait_for(f"(id) => {{ const s = ({PICKER_STATE})(id); return s.ready ? s : false; }}", grid_id,
+                       timeout=60)
+    layout = grid["layout"]
+    assert layout["epochs"] == [1, 2] and layout["weights"] == [0.8, 1.0], layout
+    assert grid["natural"] == [layout["width"], layout["height"]], grid
+    assert layout["best_epoch"] in (1, 2) and "slt-best" in (grid["mark"] or ""), grid
+    assert [r["epoch"] for r in layout["table"]["rows"]] == [1, 2]
+
+    # A real click on the cell (epoch other than the best, weight 0.8) in the displayed image.
+    epoch = 3 - layout["best_epoch"]
+    row, col = layout["epochs"].index(epoch), layout["weights"].index(0.8)
+    x0, y0, x1, y1 = layout["cells"][row][col]
+    scale_x, scale_y = grid["rect"]["width"] / layout["width"], grid["rect"]["height"] / layout["height"]
+    click = (grid["rect"]["left"] + (x0 + x1) / 2 * scale_x, grid["rect"]["top"] + (y0 + y1) / 2 * scale_y)
+    ui.page.mouse.click(*click)
+    deadline = time.time() + 20
+    picked = ui.eval(PICK_WIDGETS, pick_id)
+    while picked["rule"] != "chosen cell" and time.time() < deadline:  # (evaluate awaits; wait_for does not)
+        time.sleep(0.2)
+        picked = ui.eval(PICK_WIDGETS, pick_id)
+    assert picked["epoch"] == epoch and picked["weight"] == pytest.approx(0.8), picked
+    saved = picked["saved"]  # the chosen cell is stored in the workflow
+    assert saved[:2] == ["chosen cell", epoch] and saved[2] == pytest.approx(0.8), saved
+    after = ui.eval(PICKER_STATE, grid_id)
+    assert "slt-chosen" in after["mark"] and f"epoch {epoch}" in after["status"], after
+    ui.page.wait_for_timeout(300)
+    grid_shot = ui.screenshot("grid_picker", clip=_clip(ui.eval(NODE_RECT, grid_id)))
+
+    # A reload: the strip comes back from the server's history, the pick from the saved workflow.
+    _reopen(ui)
+    again = ui.wait_for(f"""(id) => {{ const s = ({STRIP_STATE})(id);
+        return s.chart && s.rows.length === 3 ? s : false; }}""", train_id, timeout=60)
+    assert [r["label"] for r in again["rows"]] == ["epoch 2", "epoch 1", "base"], "the strip did not survive a reload"
+    kept = ui.eval(PICK_WIDGETS, pick_id)
+    assert (kept["rule"], kept["epoch"]) == ("chosen cell", epoch) and kept["weight"] == pytest.approx(0.8), kept
+
+    # Run again: only Pick Epoch changed, and it names the clicked epoch's file at 0.8.
+    entry = server.wait(_run_from_page(ui), timeout=300)
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+    info = entry["outputs"][str(pick_id)]["text"][0]
+    assert info.startswith(f"Picked epoch {epoch} at weight 0.8: {name}/{name}-{epoch:06d}.safetensors"), info
+    ui.eval("(columns) => window.__styleLoraRelayout(columns)", relayout)
+    ui.page.wait_for_timeout(400)
+    ui.screenshot("sweet_spot_graph_after_run")
+    copied = copy_to_docs([strip_shot, grid_shot])
     if copied:
         print(f"copied {copied}")
     _assert_no_errors_of_ours(ui, t0)

@@ -12,6 +12,7 @@ import {
   growToMinHeight,
   hookWidgetCallbacks,
   markDirty,
+  recordChange,
 } from "../../js/lib/dom.js";
 
 class FakeElement {
@@ -101,4 +102,16 @@ test("debounce runs once after the calls stop, cancel drops it", (t) => {
   fn.cancel();
   t.mock.timers.tick(1000);
   assert.deepEqual(calls, [2]);
+});
+
+test("recordChange wraps a change in the canvas's before/after pair (the graph's on older frontends)", () => {
+  const order = [];
+  const canvas = { emitBeforeChange: () => order.push("before"), emitAfterChange: () => order.push("after") };
+  assert.equal(recordChange({ canvas }, () => { order.push("change"); return 7; }), 7);
+  assert.throws(() => recordChange({ canvas }, () => { order.push("fails"); throw new Error("x"); }), /x/);
+  const graph = { beforeChange: () => order.push("graph before"), afterChange: () => order.push("graph after") };
+  recordChange({ canvas: {}, graph }, () => order.push("old"));
+  recordChange({}, () => order.push("no app parts"));
+  assert.deepEqual(order, ["before", "change", "after", "before", "fails", "after", "graph before", "old",
+    "graph after", "no app parts"]);
 });

@@ -920,16 +920,23 @@ test("grid picker: the executed grid is shown; a click sets the linked Pick Epoc
   assert.deepEqual([picker.shown.kind, picker.shown.epoch, picker.shown.weight], ["best", 2, 1]);
   // A click on the image, shown at half size: grid pixel (420, 300) is epoch 1 at weight 1.0.
   let dirty = 0;
+  const changes = [];
   const setDirty = app.graph.setDirtyCanvas;
   app.graph.setDirtyCanvas = () => { dirty += 1; };
+  // The frontend's change tracker must see the pick (undo, the workflow kept across a reload).
+  app.canvas.emitBeforeChange = () => changes.push(["before", widget(pick, "rule").value]);
+  app.canvas.emitAfterChange = () => changes.push(["after", widget(pick, "rule").value]);
   try {
     const img = grid.styleLoraPanel.img;
     img.getBoundingClientRect = () => ({ left: 10, top: 40, width: 260, height: 215 });
     img.dispatch("click", { clientX: 10 + 420 / 2, clientY: 40 + 300 / 2 });
   } finally {
     app.graph.setDirtyCanvas = setDirty;
+    delete app.canvas.emitBeforeChange;
+    delete app.canvas.emitAfterChange;
   }
   assert.ok(dirty > 0);
+  assert.deepEqual(changes, [["before", "lowest validation loss"], ["after", "chosen cell"]]);
   assert.deepEqual([widget(pick, "rule").value, widget(pick, "epoch").value, widget(pick, "weight").value],
     ["chosen cell", 1, 1]);
   assert.equal(widget(other, "rule").value, "lowest validation loss"); // not linked to this grid
