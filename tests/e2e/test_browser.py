@@ -789,8 +789,9 @@ def test_sample_strip_annotated_grid_and_a_click_that_picks(ui, comfy_server):
     sent = {s["epoch"]: s for s in entry["outputs"][str(train_id)]["style_lora_samples"]}
     for row, epoch in zip(strip["rows"], (2, 1, 0)):
         files = [ref["filename"] for cell in sent[epoch]["cells"] for ref in cell["images"]]
-        assert [f"filename={f}" in t["src"] for t, f in zip(row["thumbs"], files)] == [True] * len(files), \
-            (row["thumbs"], files)
+        shown = [t["src"] for t in row["thumbs"]]
+        assert len(shown) == len(files) and all(f"filename={f}" in src for src, f in zip(shown, files)), \
+            (shown, files)
     ui.page.wait_for_timeout(300)
     strip_shot = ui.screenshot("training_samples", clip=_clip(ui.eval(NODE_RECT, train_id)))
 
