@@ -25,7 +25,7 @@ from ..style_lora_engine.lora_keys import (
     kohya_key,
 )
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "headless" / "model_configs"
 _UNET_CONFIG_FILES = {"sd15": "sd15_unet.json", "sdxl": "sdxl_unet.json"}
 _KOHYA_SUFFIXES = {".lora_down.weight": "A", ".lora_up.weight": "B"}
 

@@ -3,8 +3,8 @@
 A ComfyUI MODEL/CLIP/VAE (from Load Checkpoint) is trained by ``ComfyBackend`` and previewed by
 ComfyUI's own sampling, and gets a picked epoch applied by ComfyUI's ``LoraLoader``. Any other model
 must bring its own host: ``training_backend()``, ``render_grid_cells(...)`` and (for Pick Epoch)
-``apply_lora(path, weight)`` methods (the development package's diffusers reference model brings the
-first two, for the demo and the tests; the shipped pack never imports it).
+``apply_lora(path, weight)`` methods (the headless trainer's diffusers model brings the
+first two, for the CLI, the demo and the tests; the shipped pack never imports it).
 """
 
 from __future__ import annotations

@@ -239,7 +239,8 @@ class StyleLoRATrain:
             raise
         on_end("finished", f"{len(result.epoch_files)} epoch file(s) in {result.run_dir}")
         plot = plot_loss(result.losses, epoch_steps=result.epoch_end_steps, dlr=result.dlrs,
-                         title=f"{name}: loss per step", path=result.run_dir / "loss.png")
+                         title=f"{name}: loss per step",
+                         path=result.run_dir / "loss.png" if result.is_main_process else None)
         summary = summarize(result)
         if preset in PRESETS:
             summary += f"\nPreset: {preset}"

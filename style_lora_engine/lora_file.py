@@ -338,6 +338,7 @@ def build_metadata(
     dora_wd_on_output: bool = True,
     sd_model_hash: str | None = None,
     new_sd_model_hash: str | None = None,
+    processes: int = 1,
 ) -> dict[str, str]:
     """kohya's ``ss_*`` keys and the SAI ``modelspec.*`` keys; every value a ``str``.
 
@@ -401,7 +402,7 @@ def build_metadata(
         "ss_num_reg_images": 0,
         "ss_num_batches_per_epoch": num_batches_per_epoch,
         "ss_batch_size_per_device": config.batch_size,
-        "ss_total_batch_size": config.batch_size,  # one device, no gradient accumulation
+        "ss_total_batch_size": config.batch_size * processes,  # data-parallel processes; no accumulation
         "ss_gradient_accumulation_steps": 1,
         "ss_seed": seed,
         # optimisation

@@ -17,6 +17,7 @@ rebuild the optimizer's state) and keeps their files as they are.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -38,6 +39,7 @@ from .atomic import atomic_write_text, remove_stale_temp_files
 from .backend import SampleGeometry, TrainingBackend, crop_geometry
 from .captions import tag_frequency
 from .config import TrainConfig, fingerprint
+from .data_parallel import SINGLE_PROCESS, DataParallel
 from .dataset import Dataset
 from .errors import StyleLoRAError, TrainingStopped
 from .folder_lock import FolderBusy, folder_lock
@@ -144,6 +146,7 @@ class TrainResult:
     training_seconds: float = 0.0  # the steps only (this session), without validation and sampling
     validation_seconds: float = 0.0
     sampling_seconds: float = 0.0
+    is_main_process: bool = True  # False in the other processes of a data-parallel run: they write nothing
 
     def validation_loss(self, epoch: int) -> float | None:
         return next((loss for e, _, loss in self.validation if e == epoch), None)
@@ -190,8 +193,18 @@ def run_fingerprint(backend: TrainingBackend, dataset: Dataset, config: TrainCon
     # A backend may name its weights more precisely than its display name (ComfyUI: checkpoint + a
     # digest of the weights and of upstream patches), so runs on different weights never resume each other.
     model_id = getattr(backend, "model_identity", None) or backend.model_name
+    # Processes train one global batch of batch_size x processes: a run is what it trains, so a
+    # 2-process run at batch 2 and a 1-process run at batch 4 are the same run (and resume each other).
+    parallel = data_parallel_of(backend)
+    if parallel.active:
+        config = dataclasses.replace(config, batch_size=parallel.global_batch_size(config.batch_size))
     return fingerprint(config.to_json_dict(), items, dataset.repeats, dataset.resolution, shuffle,
                        backend.arch, model_id, output_name)
+
+
+def data_parallel_of(backend: TrainingBackend) -> DataParallel:
+    """The process group a backend trains in (the headless trainer under accelerate); one process else."""
+    return getattr(backend, "data_parallel", None) or SINGLE_PROCESS
 
 
 class _LatentSource:
@@ -260,16 +273,19 @@ def _train_lora(
     run_id = run_fingerprint(backend, dataset, config, output_name)
     run_dir = Path(runs_root) / f"{output_name}-{run_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    parallel = data_parallel_of(backend)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(folder_lock(run_dir))
+            if parallel.is_main:  # the one writer; the other processes only read the folder
+                stack.enter_context(folder_lock(run_dir))
         except FolderBusy:
             raise StyleLoRAError(
                 f"Another training run is writing {run_dir} right now (the same settings and output name, from "
                 "a second ComfyUI or a headless run on the same output folder). Wait for it to finish and "
                 "queue again (this run then resumes from its epochs), or change output_name.") from None
-        remove_stale_temp_files(run_dir)  # a run killed mid-save (SIGKILL, power loss) left its temp file
-        _remove_temp_files_of_idle_runs(Path(runs_root), run_dir)
+        if parallel.is_main:
+            remove_stale_temp_files(run_dir)  # a run killed mid-save (SIGKILL, power loss) left its temp file
+            _remove_temp_files_of_idle_runs(Path(runs_root), run_dir)
         try:
             return _train_in_folder(backend, dataset, config, run_dir=run_dir, run_id=run_id,
                                     output_name=output_name, callbacks=callbacks,
@@ -335,16 +351,26 @@ def _train_in_folder(
     training_comment: str,
 ) -> TrainResult:
     say = callbacks.on_message or (lambda _msg: None)
-    atomic_write_text(run_dir / "config.json", json.dumps(
-        {"output_name": output_name, "arch": backend.arch, "model": backend.model_name,
-         "config": config.to_json_dict(), "dataset": dataset.summary()}, indent=2, default=str))
+    parallel = data_parallel_of(backend)
+    main = parallel.is_main
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {"output_name": output_name, "arch": backend.arch, "model": backend.model_name,
+             "config": config.to_json_dict(), "processes": parallel.world_size, "dataset": dataset.summary()},
+            indent=2, default=str))
 
-    spe = steps_per_epoch(dataset, config.batch_size)
+    per_process = config.batch_size
+    global_batch = parallel.global_batch_size(per_process)
+    spe = steps_per_epoch(dataset, global_batch)
     total_steps = spe * config.epochs
-    result = TrainResult(run_dir, output_name, backend.arch, config, {}, steps_per_epoch=spe)
+    result = TrainResult(run_dir, output_name, backend.arch, config, {}, steps_per_epoch=spe,
+                         is_main_process=main)
     resume = _usable_resume_state(run_dir, run_id, say)
     done = resume.epoch if resume is not None else 0
     existing = {e: p for e, p in list_epoch_files(run_dir, output_name).items() if e <= config.epochs}
+    parallel.same_everywhere([done, resume.global_step if resume else 0, len(existing)],
+                             f"the resume point found in {run_dir}: every machine must see the same run "
+                             "folder, so put --output-dir on a filesystem they share")
     if resume is not None:
         result.resumed_from_epoch = resume.epoch
         result.losses = list(resume.history.get("losses", []))
@@ -384,8 +410,9 @@ def _train_in_folder(
     resume_writer = ResumeWriter()
     try:
         latents = _LatentSource(backend, dataset, config.cache_latents, say, masked=config.options.masked_loss)
-        validation = ValidationLoss(backend, dataset.validation_set(), config.seed)  # encoded while the VAE is here
-        result.validation_source = validation.describe()
+        # Measured (and its images encoded, while the VAE is here) by the main process only.
+        validation = ValidationLoss(backend, dataset.validation_set(), config.seed) if main else None
+        result.validation_source = dataset.validation_set().describe()
         if config.cache_latents and hasattr(backend, "latents_cached"):
             backend.latents_cached()  # the backend may free what only encoding needed
         torch.manual_seed(config.seed)  # peft's lora_A init draws from the global RNG
@@ -434,6 +461,8 @@ def _train_in_folder(
             return _paused_for_sampling(backend, unet, dtype, config)
 
         def measure_validation(epoch: int) -> float:
+            if validation is None:
+                return math.nan
             began = time.perf_counter()
             value = validation.measure(unet)
             result.validation = [v for v in result.validation if v[0] != epoch] + [(epoch, global_step, value)]
@@ -444,7 +473,7 @@ def _train_in_folder(
 
         def render_samples(epoch: int, path: Path | None) -> None:
             sampler = callbacks.sampler
-            if sampler is None or not sampler.wants(epoch, config.epochs):
+            if sampler is None or not main or not sampler.wants(epoch, config.epochs):
                 return
             began = time.perf_counter()
             with pause_for_sampling():
@@ -459,29 +488,44 @@ def _train_in_folder(
         per_step = 0.0
         for epoch in range(start_epoch, config.epochs + 1):
             epoch_losses: list[float] = []
-            for step_in_epoch, batch in enumerate(plan_epoch(dataset, config.batch_size, config.seed, epoch), 1):
-                items = [dataset.items[i] for i in batch]
-                captions = [shuffle_caption(item.caption, shuffle, global_step, i)
-                            for item, i in zip(items, batch, strict=True)]
-                geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
+            for step_in_epoch, batch in enumerate(plan_epoch(dataset, global_batch, config.seed, epoch), 1):
+                # With several processes every one draws the global batch's noise and timesteps (the same
+                # draws as one process would) and trains on its own slice of it (data_parallel.py).
                 batch_latents = latents.batch(batch)
                 # Noise first, then timesteps, all from noise_rng: the order runs and resumes depend on.
                 noise = draw_noise(batch_latents, noise_rng, options)
                 timesteps = draw_timesteps(len(batch), noise_rng, options, backend.num_train_timesteps)
-                pred, target = backend.predict(batch_latents, noise, timesteps, captions, geometry)
-                loss = training_loss(pred, target, timesteps, options=options, alphas_cumprod=alphas_cumprod,
-                                     prediction_type=prediction_type, mask=latents.masks(batch))
-                if not torch.isfinite(loss):
+                mine = slice(parallel.rank * per_process, (parallel.rank + 1) * per_process)
+                local = batch[mine] if parallel.active else batch
+                if local:
+                    items = [dataset.items[i] for i in local]
+                    captions = [shuffle_caption(item.caption, shuffle, global_step, i)
+                                for item, i in zip(items, local, strict=True)]
+                    geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
+                    if parallel.active:
+                        batch_latents, noise = batch_latents[mine], noise[mine]
+                        timesteps = timesteps[mine]
+                    pred, target = backend.predict(batch_latents, noise, timesteps, captions, geometry)
+                    loss = training_loss(pred, target, timesteps, options=options, alphas_cumprod=alphas_cumprod,
+                                         prediction_type=prediction_type, mask=latents.masks(local))
+                if parallel.active:
+                    # This slice's share of the global batch's mean loss; summed over processes it is that mean.
+                    weight = len(local) / len(batch)
+                    loss = loss * weight if local else torch.zeros((), device=backend.device)
+                    global_loss = parallel.sum_(loss.detach().float().reshape(1).clone())[0]
+                else:
+                    global_loss = loss.detach()
+                if not torch.isfinite(global_loss):
                     raise TrainingStopped(
-                        f"The loss became {loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
+                        f"The loss became {global_loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
                         f"1-{epoch - 1} are saved in {run_dir}. Fixes: use constant LR with warmup "
                         f"(e.g. 5% of steps), lower the learning rate, or train in fp32/bf16 instead of fp16."
                     )
+                if local:
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                parallel.sum_gradients_(lora_params)  # DDP's all-reduce, before unscaling and clipping
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
                 if scaler is not None:
@@ -493,7 +537,7 @@ def _train_in_folder(
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
                 lr, dlr = effective_lr(optimizer)
-                value = float(loss.detach())
+                value = float(global_loss)
                 epoch_losses.append(value)
                 result.losses.append(value)
                 result.lrs.append(lr)
@@ -509,8 +553,12 @@ def _train_in_folder(
             result.epoch_end_steps.append(global_step)
             mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
             validation_loss = measure_validation(epoch)
-            peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
             path = run_dir / epoch_file_name(output_name, epoch)
+            if not main:  # the main process writes the epoch file and the resume state
+                result.epoch_files[epoch] = path
+                step_timer = time.perf_counter()
+                continue
+            peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
             tensors = _kohya_tensors(peft_state, extras, backend, config)
             peft_state.update(extras.state_dict())  # DoRA magnitudes resume with the LoRA weights
             if epoch in kept and path.is_file():
@@ -539,6 +587,7 @@ def _train_in_folder(
             render_samples(epoch, path)
             step_timer = time.perf_counter()  # validation, saving and sampling are not a step's time
         resume_writer.wait()
+        parallel.barrier()  # every process returns once the last epoch's file and state are written
     except torch.OutOfMemoryError as exc:
         advice = out_of_memory_advice(
             config, arch=backend.arch, resolution=dataset.resolution, dtype=dtype,
@@ -645,4 +694,5 @@ def _metadata(backend, dataset: Dataset, config: TrainConfig, shuffle: ShuffleSe
         resolution=(res, res), optimizer_repr=describe_optimizer(config), base_model_name=backend.model_name,
         training_comment=comment, session_id=session_id, started_at=started_at, seed=config.seed,
         prediction_type=getattr(backend, "prediction_type", "epsilon"),
+        processes=data_parallel_of(backend).world_size,
     )

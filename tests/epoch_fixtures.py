@@ -42,7 +42,7 @@ def cell_colour(epoch: int, weight: float) -> tuple[int, int, int]:
 
 
 class OwnHostModel:
-    """A model that brings its own host (as the dev package's DiffusersSD): each grid cell is one solid
+    """A model that brings its own host (as headless.DiffusersSD): each grid cell is one solid
     image per prompt in ``cell_colour``; records what it was asked to render / apply."""
 
     def __init__(self) -> None:

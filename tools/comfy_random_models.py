@@ -15,9 +15,10 @@ here is part of the node pack (``tools/`` is excluded by ``.comfyignore``).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
+
+from random_checkpoint import fill as _fill  # the one initialisation scheme of every random model
 
 # Bump when the layout or the initialisation changes: cached checkpoints are named after it.
 BUILDER_VERSION = 1
@@ -55,37 +56,12 @@ def setup_comfy(comfy_dir: str | Path):
     import comfy.model_management  # noqa: F401  (reads args at import)
 
 
-def _std(name: str, shape: tuple[int, ...]) -> float | None:
-    """None: constant init (norm weight 1, biases 0); else the normal std for this tensor."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf == "bias" or len(shape) == 0:
-        return None
-    if len(shape) == 1:  # norm weights, scalars
-        return None
-    if "embedding" in name:
-        return 0.02
-    fan_in = math.prod(shape[1:])
-    return 1.0 / math.sqrt(fan_in)  # unit-variance activations, so a random model stays finite
-
-
-def _fill(name: str, shape: tuple[int, ...], gen, dtype):
-    import torch
-
-    std = _std(name, shape)
-    if std is None:
-        if name.endswith(".weight") and len(shape) == 1:
-            return torch.ones(shape, dtype=dtype)
-        return torch.zeros(shape, dtype=dtype)
-    return (torch.randn(shape, generator=gen, dtype=torch.float32) * std).to(dtype)
-
-
 def _meta_shapes(module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def sd15_checkpoint_state_dict(seed: int = 0, dtype_name: str = "fp16") -> dict:
-    """A random SD1.5 checkpoint (LDM keys) as a state dict of CPU tensors."""
-    import comfy.ldm.models.autoencoder as autoencoder
+def sd15_checkpoint_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of an SD1.5 checkpoint (LDM keys) and its shape, from ComfyUI's classes on meta."""
     import comfy.model_detection as md
     import comfy.ops
     import comfy.sd1_clip
@@ -93,7 +69,6 @@ def sd15_checkpoint_state_dict(seed: int = 0, dtype_name: str = "fp16") -> dict:
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     unet = UNetModel(**md.convert_config(dict(SD15_UNET)), device="meta", operations=comfy.ops.disable_weight_init)
     shapes = {"model.diffusion_model." + k: s for k, s in _meta_shapes(unet).items()}
     del unet
@@ -102,12 +77,50 @@ def sd15_checkpoint_state_dict(seed: int = 0, dtype_name: str = "fp16") -> dict:
     clip_shapes = _meta_shapes(clip)  # clip_l.transformer.text_model.*
     del clip
     config = sm.SD15(dict(SD15_UNET))
-    clip_shapes = config.process_clip_state_dict_for_saving(clip_shapes)  # -> cond_stage_model.*
-    shapes.update(clip_shapes)
+    shapes.update(config.process_clip_state_dict_for_saving(clip_shapes))  # -> cond_stage_model.*
+    shapes.update(_vae_shapes())
+    return shapes
+
+
+def sdxl_checkpoint_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor of an SDXL base checkpoint (LDM keys: conditioner.embedders.0/1, first_stage_model)
+    and its shape, from ComfyUI's classes on meta and its own saving-layout conversion."""
+    import comfy.model_detection as md
+    import comfy.ops
+    import comfy.sdxl_clip
+    import comfy.supported_models as sm
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = UNetModel(**md.convert_config(dict(SDXL_UNET)), device="meta", operations=comfy.ops.disable_weight_init)
+    shapes = {"model.diffusion_model." + k: s for k, s in _meta_shapes(unet).items()}
+    del unet
+    with torch.device("meta"):
+        clip = comfy.sdxl_clip.SDXLClipModel(device="meta")
+    clip_sd = {k: torch.empty(s, device="meta") for k, s in _meta_shapes(clip).items()}
+    del clip
+    config = sm.SDXL(dict(SDXL_UNET))
+    saved = config.process_clip_state_dict_for_saving(clip_sd)
+    shapes.update({k: tuple(v.shape) for k, v in saved.items()})
+    shapes.update(_vae_shapes())
+    return shapes
+
+
+def _vae_shapes() -> dict[str, tuple[int, ...]]:
+    import comfy.ldm.models.autoencoder as autoencoder
+    import torch
+
     with torch.device("meta"):
         vae = autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG), embed_dim=4)
-    shapes.update({"first_stage_model." + k: s for k, s in _meta_shapes(vae).items()})
-    del vae
+    return {"first_stage_model." + k: s for k, s in _meta_shapes(vae).items()}
+
+
+def sd15_checkpoint_state_dict(seed: int = 0, dtype_name: str = "fp16") -> dict:
+    """A random SD1.5 checkpoint (LDM keys) as a state dict of CPU tensors."""
+    import torch
+
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    shapes = sd15_checkpoint_shapes()
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in sorted(shapes):

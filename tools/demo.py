@@ -189,9 +189,9 @@ def write_samples_strip(samples: list[dict], path: Path, size: int) -> None:
 def style_table(model, out: Path, epochs, args: argparse.Namespace) -> str:
     """Distance of generated images' colour/texture statistics to the training set's, per grid cell:
     4 images per prompt (more than the grid shows, for a steadier figure), the grid's seed and steps."""
-    from style_lora_trainer.dev.diffusers_preview import render_grid_cells
     from style_lora_trainer.dev.synthetic_data import style_distance, style_statistics
     from style_lora_trainer.dev.tiny_model import IMAGE_SIZE
+    from style_lora_trainer.headless.diffusers_preview import render_grid_cells
     from style_lora_trainer.nodes.epoch_weight_grid import parse_epoch_selection, parse_weights
     from style_lora_trainer.style_lora_engine.images import open_image_rgb
 

@@ -11,13 +11,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from style_lora_trainer.dev.model_bundle import DiffusersSD  # noqa: E402
 from style_lora_trainer.dev.tiny_model import (  # noqa: E402
     build_clip_tokenizer,
     build_tiny_sd15,
     build_tiny_sdxl,
     pretrained_tiny_sd15,
 )
+from style_lora_trainer.headless.model_bundle import DiffusersSD  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("open_clip") is None, reason="needs: pip install --no-deps open-clip-torch"

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
 from style_lora_trainer.style_lora_engine import atomic, folder_lock
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig

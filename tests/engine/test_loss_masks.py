@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset

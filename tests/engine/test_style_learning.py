@@ -24,14 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
-from style_lora_trainer.dev.diffusers_preview import render_grid_cells
 from style_lora_trainer.dev.synthetic_data import (
     make_style_dataset,
     style_distance,
     style_statistics,
 )
 from style_lora_trainer.dev.tiny_model import IMAGE_SIZE
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
+from style_lora_trainer.headless.diffusers_preview import render_grid_cells
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15, build_tiny_sdxl
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset

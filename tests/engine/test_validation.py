@@ -8,9 +8,9 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.captions import CaptionEdits, apply_edits
 from style_lora_trainer.style_lora_engine.config import TrainConfig
@@ -191,7 +191,7 @@ def test_resume_keeps_the_validation_history(tmp_path, dataset, model, clip_toke
 def _render(model, epoch_path, base=False):
     settings = dict(seed=4, steps=2, cfg=3.0, width=32, height=32)
     if base:
-        from style_lora_trainer.dev.diffusers_preview import render_base
+        from style_lora_trainer.headless.diffusers_preview import render_base
 
         return render_base(model, ["a house"], **settings)
     return model.render_grid_cells([epoch_path], [0.8], ["a house"], **settings)[(epoch_path[0], 0.8)]

@@ -89,8 +89,26 @@ class StyleLoRATestShowText:
         return {"ui": {"text": [text]}}
 
 
+class StyleLoRATestPatchedKeys:
+    """The weight keys a LoRA loader patched on a MODEL (its ModelPatcher's ``patches``), one per line."""
+
+    CATEGORY = "Style LoRA/testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ("STRING",)
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    def run(self, model):
+        text = "\n".join(sorted(model.patches))
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
 NODE_CLASS_MAPPINGS = {
     "StyleLoRATestGate": StyleLoRATestGate,
     "StyleLoRATestModelDigest": StyleLoRATestModelDigest,
     "StyleLoRATestShowText": StyleLoRATestShowText,
+    "StyleLoRATestPatchedKeys": StyleLoRATestPatchedKeys,
 }

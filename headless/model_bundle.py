@@ -34,6 +34,8 @@ class DiffusersSD:
     text_encoder_2: Any = None
     tokenizer_2: Any = None
     name: str = "diffusers-model"
+    # The process group of a data-parallel run (headless trainer under accelerate); None: one process.
+    data_parallel: Any = None
 
     @property
     def vae_scale_factor(self) -> int:

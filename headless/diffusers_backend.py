@@ -23,6 +23,7 @@ class DiffusersBackend:
         self.layers_per_block = model.layers_per_block
         self.prediction_type = model.prediction_type  # "epsilon" or "v_prediction" (file metadata)
         self.device = torch.device(device) if device else next(model.unet.parameters()).device
+        self.data_parallel = model.data_parallel  # read by the trainer (style_lora_engine/data_parallel.py)
         self._saved: dict | None = None
 
     def lora_module(self) -> torch.nn.Module:

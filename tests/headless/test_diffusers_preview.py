@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from style_lora_trainer.dev.diffusers_backend import DiffusersBackend
-from style_lora_trainer.dev.diffusers_preview import render_base, render_grid_cells
 from style_lora_trainer.dev.synthetic_data import make_style_dataset
 from style_lora_trainer.dev.tiny_model import build_tiny_sd15
+from style_lora_trainer.headless.diffusers_backend import DiffusersBackend
+from style_lora_trainer.headless.diffusers_preview import render_base, render_grid_cells
 from style_lora_trainer.style_lora_engine.buckets import BucketSettings
 from style_lora_trainer.style_lora_engine.config import TrainConfig
 from style_lora_trainer.style_lora_engine.dataset import load_dataset
