@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..integration import canvas_contract, events
+from ..style_lora_engine import memory_meter
 from ..style_lora_engine.errors import StyleLoRAError
 from .settings import Settings, build_settings
 
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--cache-dir", type=Path, default=None,
                        help="where the tokenizer files built from open-clip's vocabulary are kept")
     train.add_argument("--print-settings", action="store_true", help="print every setting and its source, then stop")
+    train.add_argument("--plan", action="store_true",
+                       help="print the pre-flight plan (steps, the guide's checks, disk, memory and time from a "
+                            "measured warm-up of a few steps), then stop without training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return parser.parse_args(argv)
 
@@ -221,11 +225,14 @@ def train(args: argparse.Namespace) -> int:
     if "training_samples" in settings.enabled:
         (extra["samples"],) = NODES["StyleLoRATrainingSamples"]().configure(**values["training_samples"])
 
+    if args.plan:
+        return print_plan(model, dataset, values, extra, parallel, say)
     bar = ProgressBar(enabled=main and not args.no_progress)
     remove = events.add_listener(bar)
     handler = BarLogHandler(bar)
     log.addHandler(handler)
     log.propagate = False
+    memory_meter.reset_peak(device)
     try:
         trained = NODES["StyleLoRATrain"]().train(model=model, clip=model, vae=model, dataset=dataset,
                                                   **values["train_lora"], **extra)
@@ -244,6 +251,9 @@ def train(args: argparse.Namespace) -> int:
     if not main:
         return 0  # the main process saves the epochs and renders the grid
     print(summary, flush=True)
+    peak = memory_meter.peak_bytes(device)
+    if peak is not None:
+        print(f"Peak memory while training on {device}: {peak / 2**30:.2f} GiB", flush=True)
     epochs, names = NODES["StyleLoRASaveEpochs"]().save(run=run, **values["save_epochs"])["result"]
     print(names, flush=True)
     if "grid" in settings.enabled:
@@ -254,6 +264,21 @@ def train(args: argparse.Namespace) -> int:
         image_to_pil(grid)[0].save(out / "grid.png")
         (out / "grid_table.json").write_text(json.dumps(json.loads(table), indent=2) + "\n", encoding="utf-8")
         print(f"grid: {out / 'grid.png'}", flush=True)
+    return 0
+
+
+def print_plan(model: Any, dataset: Any, values: dict, extra: dict, parallel: Any, say: Any) -> int:
+    """``--plan``: the run's plan with a measured warm-up; nothing is trained or kept."""
+    from ..integration import host, paths
+    from ..nodes.train_lora import train_config
+    from ..style_lora_engine.lora_file import sanitize_name
+    from ..style_lora_engine.training_plan import make_plan
+
+    config = train_config(**values["train_lora"], options=extra.get("options"))
+    plan = make_plan(host.training_backend(model, model, model), dataset, config, runs_root=paths.runs_dir(),
+                     output_name=sanitize_name(values["train_lora"]["output_name"], "output_name"),
+                     save_mode=values["save_epochs"]["save"], save_n=values["save_epochs"]["n"], parallel=parallel)
+    say(plan.to_text())
     return 0
 
 

@@ -36,6 +36,7 @@ from ..style_lora_engine.trainer import (
     ValidationInfo,
     train_lora,
 )
+from ..style_lora_engine.training_plan import make_plan
 
 log = logging.getLogger("style_lora_trainer")
 
@@ -92,6 +93,19 @@ def validation_lines(result: TrainResult) -> list[str]:
     return lines
 
 
+def train_config(*, preset: str, rank: int, alpha: float, optimizer: str, learning_rate: float, lr_scheduler: str,
+                 lr_warmup_steps: int, epochs: int, batch_size: int, seed: int, mixed_precision: str,
+                 gradient_checkpointing: bool, cache_latents: bool, options: TrainOptions | None = None,
+                 **_other_widgets: Any) -> TrainConfig:
+    """The engine's config from Train LoRA's widgets (a guide preset applied), checked."""
+    config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
+                         lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
+                         batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
+                         gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
+                         options=TrainOptions() if options is None else options)
+    return apply_preset(config, preset).validate()
+
+
 class StyleLoRATrain:
     DESCRIPTION = ("Trains a U-Net-only style LoRA in-process (peft), saving every epoch as its own kohya-format "
                    "file. Defaults follow the guide: rank 32 / alpha 16, DAdapt-AdamW at lr 1.0, 20 epochs. "
@@ -145,12 +159,11 @@ class StyleLoRATrain:
               gradient_checkpointing: bool, cache_latents: bool, training_comment: str = "",
               options: TrainOptions | None = None, samples: SampleSettings | None = None,
               unique_id: str | None = None) -> dict[str, Any]:
-        config = TrainConfig(rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
-                             lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
-                             batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
-                             gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
-                             options=TrainOptions() if options is None else options)
-        config = apply_preset(config, preset).validate()
+        config = train_config(preset=preset, rank=rank, alpha=alpha, optimizer=optimizer, learning_rate=learning_rate,
+                              lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, epochs=epochs,
+                              batch_size=batch_size, seed=seed, mixed_precision=mixed_precision,
+                              gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
+                              options=options)
         if samples is not None and not isinstance(samples, SampleSettings):
             raise ConfigError(f"samples must come from a Training Samples node, got {type(samples).__name__}.")
         name, name_note = explain_sanitized_name(output_name, "output_name")
@@ -158,6 +171,13 @@ class StyleLoRATrain:
             log.warning("Style LoRA Train: output_name %s", name_note)
         training_comment = check_text("" if training_comment is None else training_comment, "training_comment")
         backend = host.training_backend(model, clip, vae)
+        # The plan's arithmetic, the guide's checks and the disk it needs, in ComfyUI's log before any step
+        # (the headless --plan adds the measured warm-up).
+        try:
+            log.info("Style LoRA Train: %s", make_plan(backend, dataset, config, runs_root=paths.runs_dir(),
+                                                       output_name=name, warmup_steps=0).to_text())
+        except Exception as exc:  # noqa: BLE001 - the plan informs; it must never keep a run from training
+            log.warning("Style LoRA Train: no plan (%s: %s)", type(exc).__name__, exc)
         node_id = str(unique_id) if unique_id is not None else None
         bar = progress.Progress(config.epochs, node_id)
 

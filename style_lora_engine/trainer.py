@@ -35,6 +35,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from . import memory_meter
 from .atomic import atomic_write_text, remove_stale_temp_files
 from .backend import SampleGeometry, TrainingBackend, crop_geometry
 from .captions import tag_frequency
@@ -125,6 +126,44 @@ class TrainCallbacks:
     on_start: Callable[[int, int, int], None] | None = None
     on_validation: Callable[[ValidationInfo], None] | None = None
     sampler: SampleHook | None = None
+    # A plan's warm-up: set up exactly as for training, ``probe.steps`` steps measured, nothing written.
+    probe: StepProbe | None = None
+
+
+@dataclass
+class StepProbe:
+    """What a plan's warm-up measures (``training_plan.py``); the trainer fills it in."""
+
+    steps: int = 3
+    saved_bytes: int = 0  # tensors autograd kept for the first step's backward (activations; not weights)
+    step_seconds: list[float] = field(default_factory=list)
+    trainable_bytes: int = 0  # LoRA weights + gradients + optimizer state
+    held_before_steps: int | None = None  # the device's memory once set up (weights, LoRA, latents)
+    peak_bytes: int | None = None  # the device's peak during the steps
+
+
+class _ProbeComplete(Exception):
+    """The warm-up's steps are done: unwinds through the trainer's clean-up like a Stop."""
+
+
+class _SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the storage autograd saves for backward, leaving out the module's own weights and buffers."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        own = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+        self.storages: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in own:
+                self.storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        super().__init__(pack, lambda tensor: tensor)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
 
 
 @dataclass
@@ -251,11 +290,15 @@ def train_lora(
     callbacks: TrainCallbacks | None = None,
     training_comment: str = "",
 ) -> TrainResult:
-    """Train (or resume) a run; every finished epoch is a file in the run folder."""
+    """Train (or resume) a run; every finished epoch is a file in the run folder. With ``callbacks.probe``
+    (a plan's warm-up) the result is None once the probe's steps are measured."""
     # Training needs autograd; hosts such as ComfyUI call nodes under torch.inference_mode().
     with torch.inference_mode(False):
-        return _train_lora(backend, dataset, config, runs_root=runs_root, output_name=output_name,
-                           callbacks=callbacks, training_comment=training_comment)
+        try:
+            return _train_lora(backend, dataset, config, runs_root=runs_root, output_name=output_name,
+                               callbacks=callbacks, training_comment=training_comment)
+        except _ProbeComplete:
+            return None
 
 
 def _train_lora(
@@ -480,10 +523,14 @@ def _train_in_folder(
                 sampler.render(epoch, path)
             result.sampling_seconds += time.perf_counter() - began
 
-        if start_epoch == 1:
+        probe = callbacks.probe
+        if start_epoch == 1 and probe is None:
             # Before any step: the LoRA starts as a no-op (lora_B = 0), so this is the base model's value.
             measure_validation(0)
             render_samples(0, None)
+        if probe is not None:
+            probe.held_before_steps = memory_meter.held_bytes(backend.device)
+            memory_meter.reset_peak(backend.device)
         step_timer = time.perf_counter()
         per_step = 0.0
         for epoch in range(start_epoch, config.epochs + 1):
@@ -497,6 +544,9 @@ def _train_in_folder(
                 timesteps = draw_timesteps(len(batch), noise_rng, options, backend.num_train_timesteps)
                 mine = slice(parallel.rank * per_process, (parallel.rank + 1) * per_process)
                 local = batch[mine] if parallel.active else batch
+                counting = _SavedTensorBytes(unet) if probe is not None and not probe.step_seconds else None
+                if counting is not None:
+                    counting.__enter__()
                 if local:
                     items = [dataset.items[i] for i in local]
                     captions = [shuffle_caption(item.caption, shuffle, global_step, i)
@@ -521,6 +571,9 @@ def _train_in_folder(
                         f"1-{epoch - 1} are saved in {run_dir}. Fixes: use constant LR with warmup "
                         f"(e.g. 5% of steps), lower the learning rate, or train in fp32/bf16 instead of fp16."
                     )
+                if counting is not None:
+                    counting.__exit__(None, None, None)
+                    probe.saved_bytes = counting.total
                 if local:
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 parallel.sum_gradients_(lora_params)  # DDP's all-reduce, before unscaling and clipping
@@ -546,6 +599,14 @@ def _train_in_folder(
                 elapsed, step_timer = now - step_timer, now
                 result.training_seconds += elapsed
                 per_step = elapsed if per_step == 0 else 0.9 * per_step + 0.1 * elapsed
+                if probe is not None:
+                    probe.step_seconds.append(elapsed)
+                    if len(probe.step_seconds) >= probe.steps:
+                        probe.peak_bytes = memory_meter.peak_bytes(backend.device)
+                        probe.trainable_bytes = 2 * sum(p.numel() * p.element_size() for p in lora_params) + sum(
+                            v.numel() * v.element_size() for state in optimizer.state.values()
+                            for v in state.values() if isinstance(v, torch.Tensor))
+                        raise _ProbeComplete
                 if callbacks.on_step:
                     callbacks.on_step(StepInfo(epoch, config.epochs, step_in_epoch, spe, global_step,
                                                total_steps, value, lr, dlr, per_step))

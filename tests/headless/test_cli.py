@@ -102,3 +102,15 @@ def test_a_bad_setting_exits_with_its_message_before_loading_anything(tmp_path, 
     code = cli.main(["train", "--checkpoint", str(tmp_path / "missing.safetensors"), "--output-dir", str(tmp_path)])
     assert code == 2
     assert "missing.safetensors not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plan_prints_the_runs_numbers_from_a_warm_up_and_keeps_nothing(sd15_single_file, folders, capsys):
+    code = cli.main(small_run(sd15_single_file, folders) + ["--plan"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Pre-flight plan" in out
+    assert "2 images x 1 repeats = 2 per epoch; batch 2 -> 1 steps per epoch, 2 steps in 2 epochs" in out
+    assert "[!!] 2 epochs (the guide: 20, each saved)" in out
+    assert "disk:" in out and "memory on cpu: about" in out and "s/step (warm-up)" in out
+    assert not (folders / "out" / "style_lora_runs").exists() and not (folders / "out" / "loras").exists()

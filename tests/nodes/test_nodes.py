@@ -1,6 +1,7 @@
 """The node functions, called as ComfyUI calls them, without ComfyUI."""
 
 import json
+import logging
 import sys
 
 import pytest
@@ -74,11 +75,12 @@ def test_shuffle_node_attaches_settings_and_previews_real_captions(env):
     assert out["ui"]["text"] == [preview]  # shown in the node after it runs
 
 
-def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer):
+def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer, caplog):
     model = build_tiny_sd15(clip_tokenizer, seed=0)
     dataset, _ = _load()
     dataset, _ = NODES["StyleLoRAShuffleCaption"]().configure(
         dataset=dataset, enabled=True, separator=",", keep_tokens=1, seed=0, preview_count=1)["result"]
+    caplog.set_level(logging.INFO, logger="style_lora_trainer")
     out = NODES["StyleLoRATrain"]().train(
         model=model, clip=model, vae=model, dataset=dataset, preset="custom (use the widgets)",
         output_name="my style", rank=4, alpha=2.0, optimizer="DAdaptAdamW", learning_rate=1.0,
@@ -87,6 +89,9 @@ def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer):
     run, loss_plot, summary = out["result"]
     assert loss_plot.ndim == 4 and loss_plot.shape[-1] == 3 and 0 <= float(loss_plot.min()) <= 1
     assert "3 epoch file(s)" in summary and out["ui"]["text"] == [summary]
+    plan = next(r.getMessage() for r in caplog.records if "Pre-flight plan" in r.getMessage())
+    assert f"-> {run.steps_per_epoch} steps per epoch, {3 * run.steps_per_epoch} steps in 3 epochs" in plan
+    assert "[!!] 3 epochs (the guide: 20, each saved)" in plan and "disk:" in plan
     assert (run.run_dir / "loss.png").is_file()
 
     saved = NODES["StyleLoRASaveEpochs"]().save(run=run, name="my style", save="every_n", n=2, subfolder="styles",
