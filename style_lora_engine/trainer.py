@@ -289,7 +289,7 @@ def train_lora(
     output_name: str,
     callbacks: TrainCallbacks | None = None,
     training_comment: str = "",
-) -> TrainResult:
+) -> TrainResult | None:
     """Train (or resume) a run; every finished epoch is a file in the run folder. With ``callbacks.probe``
     (a plan's warm-up) the result is None once the probe's steps are measured."""
     # Training needs autograd; hosts such as ComfyUI call nodes under torch.inference_mode().
