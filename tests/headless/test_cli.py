@@ -61,9 +61,19 @@ def test_trains_from_a_single_file_checkpoint_stops_on_ctrl_c_and_resumes(sd15_s
         "cli_style-000001.safetensors"]
     assert not list(run_dir.glob(".*tmp*"))  # nothing half-written
 
-    assert cli.main(small_run(sd15_single_file, folders)) == 0
+    grid = ["--grid", "--set", "grid.prompts=a lighthouse", "--set", "grid.weights=1.0", "--set", "grid.steps=2",
+            "--set", "grid.width=64", "--set", "grid.height=64", "--set", "grid.sampler_name=euler",
+            "--set", "grid.scheduler=normal"]
+    assert cli.main(small_run(sd15_single_file, folders) + grid) == 0
     out = capsys.readouterr().out
     assert "Resumed after epoch 1." in out
+    table = json.loads((folders / "out" / "grid_table.json").read_text())
+    assert [row["epoch"] for row in table["rows"]] == [1, 2]  # the grid's rows: every saved epoch
+    assert table["best_epoch"] in (1, 2)
+    from PIL import Image
+
+    with Image.open(folders / "out" / "grid.png") as image:
+        assert image.width >= 64 and image.height >= 2 * 64  # two epoch rows of 64 px cells (+ labels)
     loras = folders / "out" / "loras"
     files = sorted(p.name for p in loras.glob("*.safetensors"))
     assert files == ["cli_style-000001.safetensors", "cli_style-000002.safetensors"]
