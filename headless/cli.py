@@ -237,7 +237,7 @@ def train(args: argparse.Namespace) -> int:
         trained = NODES["StyleLoRATrain"]().train(model=model, clip=model, vae=model, dataset=dataset,
                                                   **values["train_lora"], **extra)
     except KeyboardInterrupt:
-        bar.close()
+        bar.close()  # before the message, so it does not land inside the bar's line
         if main:
             print("\nStopped. Every finished epoch is kept in its run folder under "
                   f"{out / 'style_lora_runs'}; run the same command again to resume.", file=sys.stderr)

@@ -173,11 +173,8 @@ class StyleLoRATrain:
         backend = host.training_backend(model, clip, vae)
         # The plan's arithmetic, the guide's checks and the disk it needs, in ComfyUI's log before any step
         # (the headless --plan adds the measured warm-up).
-        try:
-            log.info("Style LoRA Train: %s", make_plan(backend, dataset, config, runs_root=paths.runs_dir(),
-                                                       output_name=name, warmup_steps=0).to_text())
-        except Exception as exc:  # noqa: BLE001 - the plan informs; it must never keep a run from training
-            log.warning("Style LoRA Train: no plan (%s: %s)", type(exc).__name__, exc)
+        log.info("Style LoRA Train: %s", make_plan(backend, dataset, config, runs_root=paths.runs_dir(),
+                                                   output_name=name, warmup_steps=0).to_text())
         node_id = str(unique_id) if unique_id is not None else None
         bar = progress.Progress(config.epochs, node_id)
 

@@ -197,6 +197,7 @@ def test_train_says_when_the_output_name_was_shortened(env, monkeypatch, caplog)
 
     monkeypatch.setattr(train_node, "train_lora", fake_train)
     monkeypatch.setattr(train_node.host, "training_backend", lambda *a: SimpleNamespace())
+    monkeypatch.setattr(train_node, "make_plan", lambda *a, **k: SimpleNamespace(to_text=lambda: "plan"))
     with caplog.at_level(logging.WARNING, logger="style_lora_trainer"):
         out = NODES["StyleLoRATrain"]().train(**(TRAIN_ARGS | {"output_name": "s" * 130}))
     assert seen["name"] == "s" * 100

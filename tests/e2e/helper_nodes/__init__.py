@@ -56,12 +56,20 @@ def model_digest(model):
     return h.hexdigest()
 
 
-class StyleLoRATestModelDigest:
+class _TextResultNode:
+    """A test node whose result is one text, also shown in the node (the API's outputs carry it)."""
+
     CATEGORY = "Style LoRA/testing"
     FUNCTION = "run"
     RETURN_TYPES = ("STRING",)
     OUTPUT_NODE = True
 
+    @staticmethod
+    def shown(text):
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+class StyleLoRATestModelDigest(_TextResultNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "wait_for": ("*",)}}
@@ -71,8 +79,7 @@ class StyleLoRATestModelDigest:
         return True
 
     def run(self, model, wait_for):
-        digest = model_digest(model)
-        return {"ui": {"text": [digest]}, "result": (digest,)}
+        return self.shown(model_digest(model))
 
 
 class StyleLoRATestShowText:
@@ -89,21 +96,15 @@ class StyleLoRATestShowText:
         return {"ui": {"text": [text]}}
 
 
-class StyleLoRATestPatchedKeys:
+class StyleLoRATestPatchedKeys(_TextResultNode):
     """The weight keys a LoRA loader patched on a MODEL (its ModelPatcher's ``patches``), one per line."""
-
-    CATEGORY = "Style LoRA/testing"
-    FUNCTION = "run"
-    RETURN_TYPES = ("STRING",)
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",)}}
 
     def run(self, model):
-        text = "\n".join(sorted(model.patches))
-        return {"ui": {"text": [text]}, "result": (text,)}
+        return self.shown("\n".join(sorted(model.patches)))
 
 
 NODE_CLASS_MAPPINGS = {
