@@ -16,6 +16,7 @@ from typing import Any
 
 from ..style_lora_engine.errors import StyleLoRAError
 from . import gallery
+from .plan import CanvasPlanner
 from .training_history import HISTORY, TrainingHistory
 
 log = logging.getLogger("style_lora_trainer")
@@ -63,8 +64,10 @@ def _node_id(value: str) -> str:
 
 
 def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[str], int] | None] = lambda: None,
-               history: TrainingHistory = HISTORY) -> None:
+               history: TrainingHistory = HISTORY, planner: CanvasPlanner | None = None) -> None:
     """Add the pack's routes to ``routes`` (an ``aiohttp.web.RouteTableDef``; ``web`` is ``aiohttp.web``).
+
+    ``planner`` answers the Train LoRA panel's plan (``POST /style_lora/plan``; left out without one).
 
     ``token_counter`` is called lazily (loading a tokenizer takes a moment) and may return None, in
     which case token counts are ``null`` and the length badges are left out.
@@ -144,3 +147,13 @@ def add_routes(routes: Any, web: Any, *, token_counter: Callable[[], Callable[[s
     @guarded
     async def training(request: Any) -> Any:
         return web.json_response(history.snapshot(_node_id(request.query.get("node", ""))))
+
+    if planner is None:
+        return
+
+    @routes.post(f"{PREFIX}/plan")
+    @guarded
+    async def plan(request: Any) -> Any:
+        data = await body(request)
+        work = planner.measure if data.get("measure") is True else planner.plan
+        return web.json_response(await asyncio.to_thread(work, data))

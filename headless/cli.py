@@ -247,7 +247,7 @@ def train(args: argparse.Namespace) -> int:
         remove()
         log.removeHandler(handler)
         log.propagate = True
-    run, _plot, summary = trained["result"]
+    run, _plot, summary, _plan = trained["result"]
     if not main:
         return 0  # the main process saves the epochs and renders the grid
     print(summary, flush=True)

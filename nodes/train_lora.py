@@ -11,6 +11,7 @@ from ..canvas_server.training_history import HISTORY
 from ..integration import events, host, paths, previews, progress
 from ..integration.images import pil_to_image
 from ..integration.socket_types import CATEGORY, DATASET, RUN, SAMPLES, TRAIN_OPTIONS
+from ..style_lora_engine import memory_meter
 from ..style_lora_engine.config import (
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
@@ -112,9 +113,15 @@ class StyleLoRATrain:
                    "Stop keeps finished epochs; queueing the same settings again resumes.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = (RUN, "IMAGE", "STRING")
-    RETURN_NAMES = ("run", "loss_plot", "summary")
+    RETURN_TYPES = (RUN, "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("run", "loss_plot", "summary", "plan")
+    OUTPUT_TOOLTIPS = ("The run: its epoch files, for Save Epochs and the grid.", "Loss per step, with d·lr.",
+                       "What was trained, the validation losses and the time it took.",
+                       "The pre-flight plan (steps, the guide's checks, disk, free memory) and the peak memory "
+                       "measured while training. The panel shows the plan before Queue, with a measured warm-up.")
     OUTPUT_NODE = True
+    # The canvas plan builds the config the way train() does (canvas_server/plan_inputs.py).
+    config_from_widgets = staticmethod(train_config)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -172,9 +179,11 @@ class StyleLoRATrain:
         training_comment = check_text("" if training_comment is None else training_comment, "training_comment")
         backend = host.training_backend(model, clip, vae)
         # The plan's arithmetic, the guide's checks and the disk it needs, in ComfyUI's log before any step
-        # (the headless --plan adds the measured warm-up).
-        log.info("Style LoRA Train: %s", make_plan(backend, dataset, config, runs_root=paths.runs_dir(),
-                                                   output_name=name, warmup_steps=0).to_text())
+        # (the panel's Measure and the headless --plan add the measured warm-up).
+        plan = make_plan(backend, dataset, config, runs_root=paths.runs_dir(), output_name=name, warmup_steps=0)
+        plan.free_memory = memory_meter.free_bytes(backend.device)
+        plan_text = plan.to_text()
+        log.info("Style LoRA Train: %s", plan_text)
         node_id = str(unique_id) if unique_id is not None else None
         bar = progress.Progress(config.epochs, node_id)
 
@@ -244,6 +253,7 @@ class StyleLoRATrain:
             events.send_event(events.EVENT_END, {"node": node_id, "run": run_id, "state": state,
                                                              "message": message})
 
+        memory_meter.reset_peak(backend.device)
         try:
             result = train_lora(backend, dataset, config, runs_root=paths.runs_dir(), output_name=name,
                                 callbacks=TrainCallbacks(on_step=on_step, on_epoch=on_epoch, on_message=log.info,
@@ -255,6 +265,9 @@ class StyleLoRATrain:
             on_end("stopped" if stopped else "failed", "Stopped; finished epochs are kept." if stopped else str(exc))
             raise
         on_end("finished", f"{len(result.epoch_files)} epoch file(s) in {result.run_dir}")
+        peak = memory_meter.peak_bytes(backend.device)
+        if peak is not None:
+            plan_text += f"\n  measured while training on {backend.device}: {peak / 2**30:.2f} GiB at the peak"
         plot = plot_loss(result.losses, epoch_steps=result.epoch_end_steps, dlr=result.dlrs,
                          title=f"{name}: loss per step",
                          path=result.run_dir / "loss.png" if result.is_main_process else None)
@@ -266,4 +279,4 @@ class StyleLoRATrain:
         ui: dict[str, Any] = {"text": [summary]}
         if shown:
             ui["style_lora_samples"] = shown
-        return {"ui": ui, "result": (result, pil_to_image(plot), summary)}
+        return {"ui": ui, "result": (result, pil_to_image(plot), summary, plan_text)}

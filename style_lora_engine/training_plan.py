@@ -95,6 +95,8 @@ class TrainingPlan:
     free_memory: int | None = None
     advice: list[str] = field(default_factory=list)
     failed: str = ""  # the warm-up's error (out of memory), when it could not run
+    notes: list[str] = field(default_factory=list)  # lines after the counts (the model the plan is for)
+    memory_note: str = ""  # what to do for the memory figures when there is no warm-up
 
     def estimated_peak(self) -> int | None:
         """Peak memory of the whole run on the device: what it holds once set up, plus the larger of a step's
@@ -127,6 +129,7 @@ class TrainingPlan:
                  + (f" x {c.processes} processes = {c.global_batch}" if c.processes > 1 else "")
                  + f" -> {c.steps_per_epoch} steps per epoch, {c.total_steps} steps in {c.epochs} epochs"]
         lines += [f"  [{'ok' if ok else '!!'}] {text}" for ok, text in self.checks]
+        lines += [f"  {note}" for note in self.notes]
         if self.disk is not None:
             d = self.disk
             free = f"; {_size(d.free_bytes)} free there" if d.free_bytes is not None else ""
@@ -145,6 +148,9 @@ class TrainingPlan:
                 lines.append(f"  measured in the warm-up: {_size(p.peak_bytes)} peak over {len(p.step_seconds)} steps")
             if self.fits() is False:
                 lines.append("  it does not fit: " + "; ".join(self.advice))
+        elif self.free_memory is not None or self.memory_note:
+            free = f"{_size(self.free_memory)} free now" if self.free_memory is not None else "free memory unknown"
+            lines.append(f"  memory on {self.device}: {free}" + (f"; {self.memory_note}" if self.memory_note else ""))
         per_step = self.seconds_per_step()
         if per_step is not None:
             total = per_step * c.total_steps
@@ -164,8 +170,8 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def disk_need(unet: torch.nn.Module, config: TrainConfig, save_mode: str, save_n: int, where: Path) -> DiskNeed:
-    """The files' sizes from the LoRA's own shapes (rank x (in + out) per module, in the save precision)."""
+def lora_parameter_count(unet: torch.nn.Module, config: TrainConfig) -> int:
+    """The LoRA's parameters from the U-Net's own target layers: rank x (fan-in + fan-out) each."""
     from .lora_network import find_targets
 
     targets = find_targets(unet, config.options.conv_dim)
@@ -175,11 +181,22 @@ def disk_need(unet: torch.nn.Module, config: TrainConfig, save_mode: str, save_n
         weight = modules[name].weight
         rank = int(config.options.conv_dim) if name in targets.conv_modules else config.rank
         params += rank * (weight.shape[1] * math.prod(weight.shape[2:]) + weight.shape[0])
+    return params
+
+
+def disk_need(unet: torch.nn.Module, config: TrainConfig, save_mode: str, save_n: int, where: Path) -> DiskNeed:
+    """The files' sizes from the LoRA's own shapes (rank x (in + out) per module, in the save precision)."""
+    return disk_need_for(lora_parameter_count(unet, config), config, save_mode, save_n, where)
+
+
+def disk_need_for(params: int, config: TrainConfig, save_mode: str, save_n: int, where: Path) -> DiskNeed:
+    """The files' sizes for a LoRA of ``params`` parameters (``checkpoint_header.lora_parameter_count`` before
+    a model is loaded), and the free space where they go."""
     save_bytes = {"fp16": 2, "bf16": 2, "fp32": 4}[config.save_precision]
     header = 64 * 1024  # kohya's metadata and the tensor index (measured: 40-60 KiB)
     published = len(select_epochs(list(range(1, config.epochs + 1)), save_mode, save_n))
     free = None
-    probe_dir = where
+    probe_dir = Path(where)
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
     try:

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps, epochs=args.epochs, batch_size=args.batch_size, seed=0,
         mixed_precision="auto", gradient_checkpointing=False, cache_latents=True,
         training_comment="Style LoRA Trainer demo on the embedded tiny model", samples=samples)
-    run, loss_plot, summary = trained["result"]
+    run, loss_plot, summary, _plan = trained["result"]
     image_to_pil(loss_plot)[0].save(out / "loss.png")
     plot_validation([(e, v) for e, _, v in run.validation], mean_losses=epoch_means(run),
                     title="demo_style: validation loss per epoch", path=out / "validation.png")

@@ -87,6 +87,11 @@ export function createServerApi(api) {
       return postJson("/style_lora/shuffle_preview", body);
     },
 
+    /** POST /style_lora/plan: the pre-flight plan of a Train node's chain (lib/plan.js planRequest); measure: the warm-up. */
+    plan(body, { measure = false } = {}) {
+      return postJson("/style_lora/plan", { ...body, measure });
+    },
+
     /** GET /style_lora/training?node=…: a Train node's history. */
     training(node) {
       const query = new URLSearchParams({ node });

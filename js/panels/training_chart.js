@@ -1,16 +1,19 @@
-// Train LoRA panel: a live loss / validation loss / d·lr chart with epoch markers and, below it,
-// the strip of images sampled after each epoch; both survive a page reload (the server's history
-// is read again). new TrainingPanel(node, {app, server}): the pack's routes (../lib/api.js) come
+// Train LoRA panel: the pre-flight plan (before Queue: steps, the guide's checks, disk, memory, with a
+// Measure button for the warm-up), a live loss / validation loss / d·lr chart with epoch markers and,
+// below it, the strip of images sampled after each epoch; the chart and strip survive a page reload
+// (the server's history is read again), and so does a measured plan (the server keeps it). new TrainingPanel(node, {app, server}): the pack's routes (../lib/api.js) come
 // from the entry, which also hands it the training events (onEvent); this module imports nothing
 // from ComfyUI and does nothing on import.
 import CONTRACT from "../lib/contract.json" with { type: "json" };
 import { draw, headerText } from "../lib/chart.js";
 import { addPanelWidget, el, growToMinHeight, markDirty, routeWheel } from "../lib/dom.js";
+import { measureLabel, planKey, planLines, planRequest } from "../lib/plan.js";
 import { TRAIN } from "../lib/graph.js";
 import { applyEvent, applySnapshot, beginFetch, createHistory } from "../lib/history.js";
 import { sampleRows, samplesKey, stripHeight } from "../lib/samples.js";
 
 const PANEL = CONTRACT.panels[TRAIN];
+const PLAN_DEBOUNCE_MS = 400;
 
 export class TrainingPanel {
   constructor(node, { app, server }) {
@@ -29,8 +32,23 @@ export class TrainingPanel {
     this.wrap = el("div", { class: "slt-chart-wrap" }, this.canvas);
     this.strip = el("div", { class: "slt-samples", style: "display: none;" });
     if (app) routeWheel(this.strip, app);
-    this.root = el("div", { class: "slt-panel" }, this.headerEl, this.wrap, this.strip);
+    this.planText = el("div", { class: "slt-plan-text" });
+    this.measureButton = el("button", { class: "slt-plan-measure", text: measureLabel(null, false),
+      title: "Run a short warm-up on the checkpoint (a few training steps, nothing kept) to measure peak memory and s/step" });
+    this.measureButton.addEventListener("click", () => this.measurePlan());
+    this.planEl = el("div", { class: "slt-plan" },
+      el("div", { class: "slt-bar slt-plan-bar" }, el("span", { class: "slt-plan-title", text: "Plan (before Queue)" }),
+        this.measureButton),
+      this.planText);
+    if (app) routeWheel(this.planText, app);
+    this.planKey = null;
+    this.planSeq = 0;
+    this.planTimer = null;
+    this.measuring = false;
+    this.planAnswer = null;
+    this.root = el("div", { class: "slt-panel" }, this.planEl, this.headerEl, this.wrap, this.strip);
     // The panel grows by the strip's height once epochs were sampled (a few rows, more scroll).
+    // panel_height holds the plan (its height is in the stylesheet) and the chart.
     addPanelWidget(node, PANEL.widget, this.root, () => PANEL.panel_height + stripHeight(this.stripRows));
     if (typeof ResizeObserver === "function") {
       this.resizer = new ResizeObserver(() => this.redraw(true));
@@ -47,12 +65,68 @@ export class TrainingPanel {
       get state() { return panel.history.state; },
       get run() { return panel.history.run; },
       get header() { return panel.headerEl.textContent; },
+      get plan() { return panel.planAnswer; },
+      get planText() { return panel.planText.textContent; },
+      get planReady() { return panel.planReady; },
+      measure: () => panel.measurePlan(),
       get ready() { return panel.ready; },
       refresh: () => panel.refresh(),
       redraw: () => panel.redraw(true),
     };
     this.ready = Promise.resolve();
+    this.planReady = Promise.resolve();
     this.redraw(true);
+  }
+
+  /** Ask for the plan again when the chain's settings changed (debounced: typing a number is one request). */
+  checkPlan() {
+    const request = planRequest(this.node);
+    const key = planKey(request);
+    if (key === this.planKey) return;
+    this.planKey = key;
+    clearTimeout(this.planTimer);
+    if (request.error) {
+      this.planSeq += 1;
+      this.showPlan(null, request.error);
+      return;
+    }
+    this.planTimer = setTimeout(() => this.fetchPlan(request), PLAN_DEBOUNCE_MS);
+  }
+
+  fetchPlan(request, { measure = false } = {}) {
+    const seq = ++this.planSeq;
+    this.planReady = (async () => {
+      const answer = await this.server.plan(request, { measure });
+      if (seq !== this.planSeq) return;
+      if (answer.ok) this.showPlan(answer.data, null);
+      else this.showPlan(measure ? this.planAnswer : null, answer.error);
+    })();
+    return this.planReady;
+  }
+
+  async measurePlan() {
+    const request = planRequest(this.node);
+    if (request.error || this.measuring) return;
+    this.measuring = true;
+    this.measureButton.disabled = true;
+    this.measureButton.textContent = measureLabel(this.planAnswer, true);
+    try {
+      await this.fetchPlan(request, { measure: true });
+    } finally {
+      this.measuring = false;
+      this.measureButton.disabled = false;
+      this.measureButton.textContent = measureLabel(this.planAnswer, false);
+    }
+  }
+
+  showPlan(answer, error) {
+    this.planAnswer = answer;
+    const lines = answer ? planLines(answer) : [];
+    const rows = lines.map((line) => el("div", { class: `slt-plan-line slt-plan-${line.level}`, text: line.text }));
+    if (error) rows.push(el("div", { class: "slt-plan-line slt-plan-error", text: error }));
+    this.planText.replaceChildren(...rows);
+    this.measureButton.disabled = this.measuring || !answer?.checkpoint;
+    this.measureButton.textContent = measureLabel(answer, this.measuring);
   }
 
   matches(detail) {
@@ -98,6 +172,7 @@ export class TrainingPanel {
       this.idKey = String(this.node.id);
       this.refresh();
     }
+    this.checkPlan();
   }
 
   redraw(force = false) {
@@ -167,6 +242,8 @@ export class TrainingPanel {
   dispose() {
     this.resizer?.disconnect();
     this.fetchSeq += 1;
+    this.planSeq += 1;
+    clearTimeout(this.planTimer);
   }
 }
 

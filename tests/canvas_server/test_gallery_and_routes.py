@@ -270,6 +270,7 @@ def test_server_registers_the_routes_once_on_comfyuis_server(monkeypatch):
     import types
 
     from aiohttp import web
+    from pack_loader import load_pack
 
     from style_lora_trainer import canvas_server
 
@@ -277,9 +278,16 @@ def test_server_registers_the_routes_once_on_comfyuis_server(monkeypatch):
     instance = types.SimpleNamespace(routes=web.RouteTableDef())
     fake_server = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance), web=web)
     monkeypatch.setitem(sys.modules, "server", fake_server)
-    assert canvas_server.register_routes() is True
-    assert canvas_server.register_routes() is True  # a second import of the pack adds nothing
+    # The pack's __init__, run as ComfyUI runs it (a fresh copy under another name), registers every route.
+    fresh = "style_lora_trainer_routes_check"
+    try:
+        load_pack(fresh)
+        assert getattr(instance, "_style_lora_routes", False)
+        assert canvas_server.register_routes() is True  # a second import of the pack adds nothing
+    finally:
+        for name in [m for m in sys.modules if m == fresh or m.startswith(fresh + ".")]:
+            del sys.modules[name]
     paths = sorted((r.method, r.path) for r in instance.routes)
     assert paths == [("GET", "/style_lora/dataset"), ("GET", "/style_lora/thumbnail"), ("GET", "/style_lora/training"),
-                     ("POST", "/style_lora/captions"), ("POST", "/style_lora/lint"),
+                     ("POST", "/style_lora/captions"), ("POST", "/style_lora/lint"), ("POST", "/style_lora/plan"),
                      ("POST", "/style_lora/shuffle_preview")]

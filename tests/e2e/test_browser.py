@@ -20,6 +20,10 @@ Checked:
   its textarea is in the node's ``edits`` widget and in the workflow ``graphToPrompt`` saves; the
   gallery's save button writes that caption file on disk (and no other), after which the gallery
   shows the file's text and the edit stays in ``edits`` (the workflow keeps carrying it);
+* the Train LoRA panel's plan before Queue: built in the page, the chain's plan appears (steps, the
+  guide's misses, the checkpoint's family, disk, free memory) and follows a widget change; a real
+  mouse click on Measure runs the warm-up in ComfyUI (the peak memory and s/step), and none of it
+  queues a prompt; after a reload the measured plan is shown again;
 * a short training queued from the page (``app.queuePrompt``, as Run does; 2 images, 2 epochs of
   2 steps, batch 1, 64 px) fills ``node.styleLoraChart`` while running; a page reload mid-run
   rebuilds it from ``GET /style_lora/training``; at the end it holds every step (equal to the
@@ -553,6 +557,92 @@ def _clip(rect: dict, pad: int = 12) -> dict:
     x, y = max(0, rect["x"] - pad), max(0, rect["y"] - pad)
     return {"x": x, "y": y, "width": min(VIEWPORT["width"] - x, rect["width"] + 2 * pad),
             "height": min(VIEWPORT["height"] - y, rect["height"] + 2 * pad)}
+
+
+# -- the plan before Queue -----------------------------------------------------------------------
+
+PLAN_STATE = """(id) => {
+  const node = app.graph.getNodeById(id);
+  const c = node && node.styleLoraChart;
+  const panel = node && node.styleLoraPanel;
+  if (!c || !panel) return {ready: false};
+  const button = panel.measureButton.getBoundingClientRect();
+  return {ready: !!c.plan, text: c.planText, answer: c.plan, outputs: node.outputs.map((o) => o.name),
+          button: {x: button.left + button.width / 2, y: button.top + button.height / 2, w: button.width,
+                   label: panel.measureButton.textContent, disabled: panel.measureButton.disabled}};
+}"""
+
+
+def _plan_wait(ui: BrowserSession, train_id: int, contains: str, timeout: float = 60) -> dict:
+    return ui.wait_for(f"""(id) => {{ const s = ({PLAN_STATE})(id);
+        return s.ready && s.text.includes({json.dumps(contains)}) ? s : false; }}""", train_id, timeout=timeout)
+
+
+def test_the_plan_shows_in_the_canvas_before_queue_and_measure_runs_the_warm_up(ui, comfy_server):
+    t0 = time.time()
+    server = comfy_server
+    folder, name = "browser_plan", "browser_plan"
+    _make_dataset(server.base / "input", folder, count=3, size=SIZE)
+    spec = _train_graph(folder, name)
+    spec["name"] = "browser_plan"
+    spec["nodes"]["ckpt"]["widgets"]["ckpt_name"] = server.checkpoint_name
+    history_before = len(server.get_json("/history"))
+    ids = ui.eval(BUILD_GRAPH, spec)
+    train_id, ds_id = ids["train"], ids["ds"]
+
+    # Before anything is queued: 3 images x 1 repeat, batch 1 -> 3 steps per epoch, 6 in 2 epochs.
+    state = _plan_wait(ui, train_id, "3 steps per epoch")
+    text = state["text"]
+    assert "3 images x 1 repeats = 3 per epoch; batch 1 -> 3 steps per epoch, 6 steps in 2 epochs" in text, text
+    assert "[!!] 3 images (the guide: 30-100)" in text and "[!!] 2 epochs (the guide: 20, each saved)" in text
+    assert f"model: {server.checkpoint_name} (sd15)" in text, text
+    assert "disk:" in text and "free now" in text and "Measure runs a short warm-up" in text, text
+    answer = state["answer"]
+    assert answer["measured"] is False and answer["estimated_peak"] is None and answer["family"] == "sd15"
+    assert answer["disk_bytes"] > 2 * 1024 * 1024, answer  # two rank-4 SD1.5 LoRA files, copies and resume state
+    assert state["outputs"] == ["run", "loss_plot", "summary", "plan"], state["outputs"]
+    assert state["button"]["label"] == "Measure memory & time" and not state["button"]["disabled"], state
+
+    # A widget change anywhere in the chain: the plan follows (repeats 1 -> 2 on Load Dataset).
+    ui.eval("""([id, value]) => { const w = app.graph.getNodeById(id).widgets.find((x) => x.name === 'repeats');
+        w.value = value; w.callback?.(value); }""", [ds_id, 2])
+    state = _plan_wait(ui, train_id, "6 steps per epoch")
+    assert "3 images x 2 repeats = 6 per epoch" in state["text"], state["text"]
+
+    # Measure: a real mouse click on the button; the warm-up runs in ComfyUI on the checkpoint.
+    ui.eval("(id) => window.__styleLoraFit([app.graph.getNodeById(id)], 1.0)", train_id)
+    ui.page.wait_for_timeout(200)
+    button = ui.eval(PLAN_STATE, train_id)["button"]
+    ui.page.mouse.click(button["x"], button["y"])
+    state = _plan_wait(ui, train_id, "s/step (warm-up)", timeout=300)
+    text = state["text"]
+    answer = state["answer"]
+    assert answer["measured"] is True and answer["estimated_peak"] > 0 and answer["seconds_per_step"] > 0, answer
+    assert "memory on cpu: about" in text and "measured in the warm-up:" in text, text
+    assert "6 steps per epoch" in text and f"model: {server.checkpoint_name}" in text, text
+    ui.wait_for(f"(id) => ({PLAN_STATE})(id).button.label === 'Measure again'", train_id, timeout=10)
+    ui.page.wait_for_timeout(200)
+    shot = ui.screenshot("training_plan", clip=_clip(ui.eval(NODE_RECT, train_id)))
+    print(f"measured plan in the canvas:\n{text}")
+
+    # None of it queued a prompt, and the warm-up left no run folder behind.
+    running, pending = _queue_state(server)
+    assert not running and not pending and len(server.get_json("/history")) == history_before
+    runs = server.base / "output" / "style_lora_runs"
+    assert not (runs.is_dir() and any(p.name.startswith(name) for p in runs.iterdir()))
+
+    # A reload: the same settings get the measured plan again (the server keeps it).
+    _reopen(ui)
+    reloaded = ui.eval("""() => {
+      const find = (type) => app.graph.nodes.find((n) => n.comfyClass === type);
+      const ds = find('StyleLoRALoadDataset'), w = ds.widgets.find((x) => x.name === 'repeats');
+      if (w.value !== 2) { w.value = 2; w.callback?.(2); }  // in case the reload restored an older state
+      return find('StyleLoRATrain').id;
+    }""")
+    state = _plan_wait(ui, reloaded, "s/step (warm-up)")
+    assert state["answer"]["measured"] is True and state["button"]["label"] == "Measure again", state
+    _assert_no_errors_of_ours(ui, t0)
+    copy_to_docs([shot])
 
 
 # -- live training panel and grid ----------------------------------------------------------------

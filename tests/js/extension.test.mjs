@@ -980,6 +980,70 @@ test("grid picker: re-entering a workflow highlights the pick node's cell from t
   }
 });
 
+// ---------------------------------------------------------------------------------------------
+// issue 11: the pre-flight plan in the Train LoRA panel, before Queue
+
+test("training panel: the plan is asked for once settings settle, shown, and measured on a click", async () => {
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const planText = (measured) => `Pre-flight plan\n  40 images x 10 repeats = 400 per epoch; batch 4 -> 100 steps per ` +
+      `epoch, 2000 steps in 20 epochs\n  [!!] repeats 10${measured ? "\n  memory on cuda: about 7.00 GiB at its peak" : ""}`;
+    routes.set("POST /style_lora/plan", (url, body) => [200, { text: planText(body.measure), measured: body.measure,
+      checkpoint: body.checkpoint, fits: body.measure ? true : null }]);
+    routes.set("GET /style_lora/training", (url) => [200, { node: url.searchParams.get("node"), run: null, state: "idle",
+      message: "", points: [], epochs: [], validation: [], samples: [] }]);
+    const graph = makeGraph();
+    const ckpt = makeNode(graph, "CheckpointLoaderSimple", { ckpt_name: "sd15.safetensors" }, [], ["MODEL", "CLIP", "VAE"]);
+    const load = makeNode(graph, "StyleLoRALoadDataset", { folder: "plan_ds", repeats: 10 }, [], ["dataset"]);
+    const train = makeNode(graph, "StyleLoRATrain", { rank: 32, epochs: 20 }, ["model", "dataset"], ["run"]);
+    connect(graph, ckpt, train, "model");
+    connect(graph, load, train, "dataset");
+    await extension.nodeCreated(train);
+    const before = posts("/style_lora/plan");
+    pollFn();
+    widget(load, "repeats").value = 12; // typing: one request after the debounce, not one per change
+    pollFn();
+    assert.equal(posts("/style_lora/plan"), before);
+    console.log("DEBUG", train.styleLoraPanel.planKey, train.styleLoraPanel.seenInGraph, typeof train.styleLoraPanel.checkPlan, train.styleLoraPanel.constructor.name);
+    mock.timers.tick(1000);
+    await train.styleLoraChart.planReady;
+    assert.equal(posts("/style_lora/plan"), before + 1);
+    const sent = requests.filter((r) => r.path === "/style_lora/plan").at(-1).body;
+    assert.deepEqual([sent.load_dataset, sent.train_lora, sent.checkpoint, sent.measure],
+      [{ folder: "plan_ds", repeats: 12 }, { rank: 32, epochs: 20 }, "sd15.safetensors", false]);
+    assert.match(train.styleLoraChart.planText, /100 steps per epoch/);
+    const warn = train.styleLoraPanel.planText.querySelectorAll((e) => e.className.includes("slt-plan-warn"));
+    assert.deepEqual(warn.map((e) => e.textContent), ["[!!] repeats 10"]);
+    const button = train.styleLoraPanel.measureButton;
+    assert.equal(button.textContent, "Measure memory & time");
+    button.dispatch("click");
+    await flush();
+    await train.styleLoraChart.planReady;
+    await flush();
+    assert.equal(requests.filter((r) => r.path === "/style_lora/plan").at(-1).body.measure, true);
+    assert.match(train.styleLoraChart.planText, /about 7\.00 GiB at its peak/);
+    assert.equal(button.textContent, "Measure again");
+    // A refused measurement (a prompt is running) keeps the plan and says why.
+    routes.set("POST /style_lora/plan", () => [409, { error: "1 prompt(s) are queued or running" }]);
+    button.dispatch("click");
+    await flush();
+    await train.styleLoraChart.planReady;
+    await flush();
+    assert.match(train.styleLoraChart.planText, /about 7\.00 GiB[\s\S]*1 prompt\(s\) are queued or running$/);
+    // Disconnecting the dataset: the panel says what to connect, without asking the server.
+    const asked = posts("/style_lora/plan");
+    train.inputs.find((i) => i.name === "dataset").link = null;
+    pollFn();
+    mock.timers.tick(1000);
+    await flush();
+    assert.equal(posts("/style_lora/plan"), asked);
+    assert.match(train.styleLoraChart.planText, /Connect the dataset input to a Load Dataset node/);
+    train.onRemoved();
+  } finally {
+    mock.timers.reset();
+  }
+});
+
 // Last: a second copy of the entry (as if the frontend loaded the extension again) must not link
 // the stylesheet again. Its setup adds a second set of event listeners, so no test may follow.
 test("the stylesheet link is added once, even by a second setup", async () => {

@@ -86,12 +86,15 @@ def test_train_save_and_grid_nodes_end_to_end(env, clip_tokenizer, caplog):
         output_name="my style", rank=4, alpha=2.0, optimizer="DAdaptAdamW", learning_rate=1.0,
         lr_scheduler="constant", lr_warmup_steps=0, epochs=3, batch_size=2, seed=0, mixed_precision="auto",
         gradient_checkpointing=False, cache_latents=True)
-    run, loss_plot, summary = out["result"]
+    run, loss_plot, summary, plan_output = out["result"]
     assert loss_plot.ndim == 4 and loss_plot.shape[-1] == 3 and 0 <= float(loss_plot.min()) <= 1
     assert "3 epoch file(s)" in summary and out["ui"]["text"] == [summary]
     plan = next(r.getMessage() for r in caplog.records if "Pre-flight plan" in r.getMessage())
     assert f"-> {run.steps_per_epoch} steps per epoch, {3 * run.steps_per_epoch} steps in 3 epochs" in plan
     assert "[!!] 3 epochs (the guide: 20, each saved)" in plan and "disk:" in plan
+    # The plan output: the same plan, the device's free memory, and the peak measured while training.
+    assert plan_output.startswith(plan.split("Style LoRA Train: ", 1)[-1].split("\n  memory")[0])
+    assert "free now" in plan_output and "measured while training on cpu:" in plan_output
     assert (run.run_dir / "loss.png").is_file()
 
     saved = NODES["StyleLoRASaveEpochs"]().save(run=run, name="my style", save="every_n", n=2, subfolder="styles",

@@ -53,7 +53,7 @@ def test_train_node_sends_validation_and_samples_and_keeps_them_for_reloads(env,
     dataset, _ = _load()
     (samples,) = NODES["StyleLoRATrainingSamples"]().configure(**SAMPLE_ARGS)
     out = _train(model, dataset, samples=samples)
-    run, _, summary = out["result"]
+    run, _, summary, _plan = out["result"]
 
     names = [n for n, _ in sent]
     assert names[0] == "style_lora.train_start"  # before the epoch-0 validation and the base samples

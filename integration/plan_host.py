@@ -1,0 +1,65 @@
+"""The canvas plan's ComfyUI side: which checkpoint a name is, the device and its free memory, whether a
+prompt is running, and the measured warm-up on a checkpoint loaded the way Load Checkpoint loads it.
+
+``canvas_server.plan`` asks these of a host object, so its tests hand in their own; this one is ComfyUI's.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+
+from ..style_lora_engine import memory_meter
+from ..style_lora_engine.config import TrainConfig
+from ..style_lora_engine.dataset import Dataset
+from ..style_lora_engine.errors import ConfigError
+from ..style_lora_engine.training_plan import WARMUP_STEPS, TrainingPlan, make_plan
+from . import comfy_modules, host, paths
+
+
+class ComfyPlanHost:
+    def checkpoint_path(self, name: str) -> Path:
+        """A Load Checkpoint name as a file; only names ComfyUI lists in its checkpoints folders."""
+        folder_paths = comfy_modules.require_comfy_module("folder_paths")
+        if name not in folder_paths.get_filename_list("checkpoints"):
+            raise ConfigError(f"{name!r} is not in ComfyUI's checkpoints folder; pick a checkpoint in Load Checkpoint "
+                              "(press R to refresh its list after adding files).")
+        return Path(folder_paths.get_full_path_or_raise("checkpoints", name))
+
+    def device(self) -> torch.device:
+        mm = comfy_modules.comfy_module("comfy.model_management")
+        return torch.device(mm.get_torch_device()) if mm is not None else torch.device("cpu")
+
+    def free_memory(self) -> int | None:
+        return memory_meter.free_bytes(self.device())
+
+    def busy(self) -> str | None:
+        """Why a warm-up now would disturb ComfyUI (a prompt queued or running), or None."""
+        server = comfy_modules.comfy_module("server")
+        instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+        queue = getattr(instance, "prompt_queue", None)
+        remaining = queue.get_tasks_remaining() if queue is not None else 0
+        if remaining:
+            return (f"{remaining} prompt(s) are queued or running; measure when the queue is empty (the warm-up "
+                    "would share the device with them and measure both).")
+        return None
+
+    def warm_up(self, checkpoint: str, dataset: Dataset, config: TrainConfig, *, output_name: str,
+                save_mode: str, save_n: int) -> TrainingPlan:
+        """The plan with its measured warm-up on ``checkpoint``, loaded as Load Checkpoint loads it (MODEL, CLIP
+        and VAE of one file) and let go afterwards."""
+        self.checkpoint_path(checkpoint)
+        loader = comfy_modules.require_comfy_module("nodes").CheckpointLoaderSimple()
+        model, clip, vae = loader.load_checkpoint(checkpoint)[:3]
+        try:
+            backend = host.training_backend(model, clip, vae)
+            return make_plan(backend, dataset, config, runs_root=paths.runs_dir(), output_name=output_name,
+                             save_mode=save_mode, save_n=save_n, warmup_steps=WARMUP_STEPS)
+        finally:
+            backend = model = clip = vae = None
+            gc.collect()
+            mm = comfy_modules.comfy_module("comfy.model_management")
+            if mm is not None:
+                mm.soft_empty_cache()
