@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..style_lora_engine.backend import SampleGeometry
+from ..style_lora_engine.frozen_weights import HalfPrecisionWeights
 from ..style_lora_engine.text_chunks import chunk_token_ids
 
 if TYPE_CHECKING:  # the bundle imports this module, not the other way round
@@ -25,6 +27,7 @@ class DiffusersBackend:
         self.device = torch.device(device) if device else next(model.unet.parameters()).device
         self.data_parallel = model.data_parallel  # read by the trainer (style_lora_engine/data_parallel.py)
         self._saved: dict | None = None
+        self._half: HalfPrecisionWeights | None = None
 
     def lora_module(self) -> torch.nn.Module:
         return self.model.unet
@@ -46,10 +49,20 @@ class DiffusersBackend:
             unet.enable_gradient_checkpointing()
         unet.train()
         self._dtype = dtype
+        if dtype != torch.float32:
+            # As the ComfyUI backend (and kohya): the frozen U-Net runs from one copy in the compute dtype, the
+            # fp32 originals set aside (on a CPU to a temporary file) and put back bit for bit. Autocast on the
+            # fp32 weights would hold them and, saved for backward, a half-precision copy of each per step.
+            spill = tempfile.gettempdir() if self.device.type == "cpu" else None
+            self._half = HalfPrecisionWeights(unet, dtype, spill_dir=spill)
+            self._half.apply()
 
     def end_training(self) -> None:
         if self._saved is None:
             return
+        if self._half is not None:
+            self._half.restore()
+            self._half = None
         unet = self.model.unet
         if not self._saved["grad_ckpt"] and unet.is_gradient_checkpointing:
             unet.disable_gradient_checkpointing()

@@ -31,6 +31,8 @@ from typing import BinaryIO
 
 import torch
 
+TRIM_EVERY_BYTES = 128 * 2**20
+
 
 @dataclass
 class _SetAside:
@@ -148,15 +150,25 @@ class HalfPrecisionWeights:
 
     def restore(self) -> None:
         """Put every original tensor back (values and dtype, on the parameter's device) and free the copies."""
+        freed = 0
         try:
             while self._entries:
                 entry = self._entries[-1]
                 with torch.inference_mode(entry.inference):
                     original = entry.cpu_copy if entry.cpu_copy is not None else self._read_back(entry)
+                    copy = entry.param.data
+                    freed += copy.numel() * copy.element_size() if copy.device.type == "cpu" else 0
                     entry.param.data = original.to(entry.param.device)
+                    del copy
                 self._entries.pop()
+                if freed >= TRIM_EVERY_BYTES:
+                    # The freed half-precision blocks are too small for the originals coming back: hand them to
+                    # the OS as we go, or the process holds both sets at the end (measured: +1.1 GiB on SD1.5).
+                    release_freed_memory()
+                    freed = 0
         finally:
             if self._file is not None and not self._entries:
                 self._file.close()
                 self._file = None
                 self.bytes_set_aside = 0
+            release_freed_memory()

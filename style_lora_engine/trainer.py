@@ -138,6 +138,8 @@ class StepProbe:
     saved_bytes: int = 0  # tensors autograd kept for the first step's backward (activations; not weights)
     step_seconds: list[float] = field(default_factory=list)
     trainable_bytes: int = 0  # LoRA weights + gradients + optimizer state
+    before_setup_bytes: int | None = None  # the device's memory before set-up (the model as the host loaded it)
+    setup_peak_bytes: int | None = None  # the device's peak while setting up (weight copies, latent caching)
     held_before_steps: int | None = None  # the device's memory once set up (weights, LoRA, latents)
     peak_bytes: int | None = None  # the device's peak during the steps
 
@@ -448,6 +450,11 @@ def _train_in_folder(
     unet = backend.lora_module()
     lora_config = build_lora_config(unet, config)  # kohya's module set (+ LoCon convs), raises if none
 
+    if callbacks.probe is not None:
+        # What the host holds before set-up (the model as loaded: training ends back there), and the set-up's
+        # own peak (half-precision copies made, latents cached) below.
+        callbacks.probe.before_setup_bytes = memory_meter.held_bytes(backend.device)
+        memory_meter.reset_peak(backend.device)
     backend.begin_training(dtype=dtype, gradient_checkpointing=config.gradient_checkpointing)
     lora_model, lora_params, optimizer, extras = None, [], None, None
     resume_writer = ResumeWriter()
@@ -529,6 +536,7 @@ def _train_in_folder(
             measure_validation(0)
             render_samples(0, None)
         if probe is not None:
+            probe.setup_peak_bytes = memory_meter.peak_bytes(backend.device)
             probe.held_before_steps = memory_meter.held_bytes(backend.device)
             memory_meter.reset_peak(backend.device)
         step_timer = time.perf_counter()

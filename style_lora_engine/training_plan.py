@@ -34,8 +34,8 @@ GUIDE_REPEATS = (8, 20)
 GUIDE_EPOCHS = 20
 # A step's peak holds more than the tensors autograd saved: the gradients flowing back through each layer
 # and the kernels' scratch. On this project's CPU benchmark (SD1.5 U-Net, 256 px, batch 1) the measured
-# (peak - held - LoRA state) / saved tensors was 1.9 in fp32 and 1.4 in bf16; 1.5 keeps both within 5 %
-# of the measured peak (docs/benchmarks.md, "The pre-flight plan's memory estimate").
+# (peak - held - LoRA state) / saved tensors was 1.9 in fp32 and 1.4 in bf16; 1.5 keeps every setting of
+# both hosts within 10 % of the measured peak (docs/benchmarks.md, "The pre-flight plan's memory estimate").
 TRANSIENT_FACTOR = 1.5
 WARMUP_STEPS = 3
 
@@ -95,13 +95,22 @@ class TrainingPlan:
     free_memory: int | None = None
     advice: list[str] = field(default_factory=list)
     failed: str = ""  # the warm-up's error (out of memory), when it could not run
+    held_at_start: int | None = None  # what the device held when ``free_memory`` was read
     notes: list[str] = field(default_factory=list)  # lines after the counts (the model the plan is for)
     memory_note: str = ""  # what to do for the memory figures when there is no warm-up
 
     def estimated_peak(self) -> int | None:
         """Peak memory of the whole run on the device: what it holds once set up, plus the larger of a step's
         gradients, optimizer state and activations (saved tensors x TRANSIENT_FACTOR) and the epoch end's copy
-        of the LoRA and optimizer state for the resume file."""
+        of the LoRA and optimizer state for the resume file; or the set-up's own peak (the frozen weights'
+        half-precision copies made beside the originals, the VAE caching latents), or the model as loaded
+        (the run ends with the user's weights back), when either is larger."""
+        probe = self.probe
+        if probe is None or probe.held_before_steps is None:
+            return None
+        return int(max(self.stepping_peak() or 0, probe.setup_peak_bytes or 0, probe.before_setup_bytes or 0))
+
+    def stepping_peak(self) -> int | None:
         probe = self.probe
         if probe is None or probe.held_before_steps is None:
             return None
@@ -115,12 +124,14 @@ class TrainingPlan:
         return statistics.median(self.probe.step_seconds[1:])  # the first step warms kernels up
 
     def fits(self) -> bool | None:
+        """Whether the peak fits in the memory that was free when the plan began (beside what was held then:
+        the loaded model headless; nothing of the model in the canvas, whose warm-up loads it)."""
         peak = self.estimated_peak()
         if self.failed:
             return False
-        if peak is None or self.free_memory is None or self.probe is None or self.probe.held_before_steps is None:
+        if peak is None or self.free_memory is None or self.held_at_start is None:
             return None
-        return peak - self.probe.held_before_steps <= self.free_memory
+        return peak - self.held_at_start <= self.free_memory
 
     def to_text(self) -> str:
         c = self.counts
@@ -141,9 +152,12 @@ class TrainingPlan:
         elif peak is not None and self.probe is not None:
             p = self.probe
             free = f"; {_size(self.free_memory)} free now" if self.free_memory is not None else ""
-            lines.append(f"  memory on {self.device}: about {_size(peak)} at its peak (set up {_size(p.held_before_steps)}, "
-                         f"LoRA + gradients + optimizer {_size(p.trainable_bytes)}, activations "
-                         f"{_size(TRANSIENT_FACTOR * p.saved_bytes)}){free}")
+            stepping = (f"set up {_size(p.held_before_steps)}, LoRA + gradients + optimizer {_size(p.trainable_bytes)}, "
+                        f"activations {_size(TRANSIENT_FACTOR * p.saved_bytes)}")
+            setup = max(p.setup_peak_bytes or 0, p.before_setup_bytes or 0)
+            where = (f"while setting up (the model as loaded, weight copies, latent caching); stepping: {_size(self.stepping_peak())}: "
+                     if setup > (self.stepping_peak() or 0) else "")
+            lines.append(f"  memory on {self.device}: about {_size(peak)} at its peak ({where}{stepping}){free}")
             if p.peak_bytes is not None:
                 lines.append(f"  measured in the warm-up: {_size(p.peak_bytes)} peak over {len(p.step_seconds)} steps")
             if self.fits() is False:
@@ -218,6 +232,7 @@ def make_plan(backend: TrainingBackend, dataset: Dataset, config: TrainConfig, *
     if warmup_steps <= 0:
         return plan
     plan.free_memory = memory_meter.free_bytes(backend.device)
+    plan.held_at_start = memory_meter.held_bytes(backend.device)
     probe = StepProbe(steps=min(warmup_steps, counts.total_steps))
     scratch = Path(tempfile.mkdtemp(prefix="style_lora_plan-"))
     try:

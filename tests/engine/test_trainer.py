@@ -263,7 +263,8 @@ def test_out_of_memory_names_the_settings_to_change_in_order_with_what_each_save
     assert torch.equal(_unet_output(model.unet), before)
 
 
-def test_bf16_lora_layers_take_their_input_as_autocast_gives_it_and_follow_the_fp32_losses(tmp_path, dataset, model):
+def test_bf16_lora_layers_take_their_input_as_autocast_gives_it_and_follow_the_fp32_losses(tmp_path, dataset, model,
+                                                                                            monkeypatch):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     inputs: dict[int, set] = {}
@@ -277,12 +278,25 @@ def test_bf16_lora_layers_take_their_input_as_autocast_gives_it_and_follow_the_f
 
     config = dataclasses.replace(CONFIG, epochs=1)
     fp32 = train_lora(DiffusersBackend(model), dataset, config, runs_root=tmp_path, output_name="p")
+    weights = {name: p.detach().clone() for name, p in model.unet.named_parameters()}
+    dtypes_in_training: set = set()
+    original_predict = DiffusersBackend.predict
+
+    def predict(self, *args, **kwargs):
+        dtypes_in_training.update(p.dtype for p in self.model.unet.parameters() if not p.requires_grad)
+        return original_predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusersBackend, "predict", predict)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
         bf16 = train_lora(DiffusersBackend(model), dataset, dataclasses.replace(config, mixed_precision="bf16"),
                           runs_root=tmp_path, output_name="p")
     finally:
         hook.remove()
+    # the frozen U-Net trained from its bf16 copy (as the ComfyUI backend and kohya), and its fp32 weights came
+    # back bit for bit
+    assert dtypes_in_training == {torch.bfloat16}
+    assert all(torch.equal(p, weights[name]) and p.dtype == torch.float32 for name, p in model.unet.named_parameters())
     # each LoRA layer's A gets the very input of the layer it wraps (autocast casts for the matmul), not
     # an fp32 copy made by peft; the LoRA weights stay fp32
     assert wrappers and torch.bfloat16 in set().union(*(inputs[id(w)] for w in wrappers))
