@@ -116,3 +116,26 @@ def test_out_of_memory_in_the_warm_up_says_it_does_not_fit_and_what_to_change(da
     assert plan.fits() is False
     text = plan.to_text()
     assert "does not fit on cpu" in text and "enable gradient checkpointing" in text and "batch size 1" in text
+
+
+def test_the_peak_is_the_largest_moment_and_fits_counts_from_what_was_held_at_the_start(tmp_path):
+    """Stepping (held once set up + LoRA state + activations x 1.5), setting up (half-precision copies beside
+    the originals, latent caching: bf16's peak) or the model as loaded (where the run ends)."""
+    from style_lora_trainer.style_lora_engine.trainer import StepProbe
+    from style_lora_trainer.style_lora_engine.training_plan import TRANSIENT_FACTOR, PlanCounts, TrainingPlan
+
+    gib = 2**30
+    counts = PlanCounts(images=30, repeats=10, epochs=20, batch_size=1, processes=1, steps_per_epoch=300,
+                        total_steps=6000)
+    probe = StepProbe(steps=3, saved_bytes=gib, step_seconds=[2.0, 1.0, 1.2], trainable_bytes=gib // 4,
+                      before_setup_bytes=4 * gib, setup_peak_bytes=5 * gib, held_before_steps=3 * gib)
+    plan = TrainingPlan(counts=counts, checks=[], device="cpu", probe=probe, free_memory=2 * gib, held_at_start=4 * gib)
+    stepping = int(3 * gib + gib // 4 + TRANSIENT_FACTOR * gib)
+    assert plan.stepping_peak() == stepping < 5 * gib
+    assert plan.estimated_peak() == 5 * gib  # the set-up's peak
+    assert "while setting up" in plan.to_text() and plan.seconds_per_step() == pytest.approx(1.1)
+    assert plan.fits() is True  # 5 GiB - the 4 GiB held at the start <= 2 GiB free
+    plan.free_memory = gib // 2
+    assert plan.fits() is False
+    probe.setup_peak_bytes, probe.before_setup_bytes = 3 * gib, 2 * gib
+    assert plan.estimated_peak() == stepping and "while setting up" not in plan.to_text()
