@@ -90,13 +90,18 @@ export function planKey(request) {
   return JSON.stringify(request);
 }
 
+const KEY_FIGURES = /^ {2}(memory on |measured in the warm-up:|it does not fit:|time:)/;
+
 /**
  * The answer's lines, each {text, level}: "warn" for the guide's misses and what does not fit. The
- * text's title line is left out (the panel has its own).
+ * text's title line is left out (the panel has its own); memory and time come right after the step
+ * counts, above the checks and the disk, so the panel's first lines answer "does it fit, how long".
  */
 export function planLines(answer) {
-  const lines = String(answer?.text ?? "").split("\n").filter((line) => line.trim());
+  let lines = String(answer?.text ?? "").split("\n").filter((line) => line.trim());
   if (lines[0] === "Pre-flight plan") lines.shift();
+  const key = lines.filter((line) => KEY_FIGURES.test(line));
+  lines = [...lines.slice(0, 1), ...key, ...lines.slice(1).filter((line) => !KEY_FIGURES.test(line))];
   return lines.map((text) => {
     const warn = text.includes("[!!]") || /does not fit/.test(text) || (answer?.fits === false && /memory/.test(text));
     return { text: text.replace(/^ {2}/, ""), level: warn ? "warn" : "ok" };

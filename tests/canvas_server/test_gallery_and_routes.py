@@ -1,13 +1,13 @@
 """The canvas panels' server side (docs/CANVAS.md): the plain functions, the aiohttp routes, and the
 training history the live panel redraws from after a page reload. No ComfyUI needed."""
 
-import asyncio
 import io
 import os
 import re
 
 import pytest
 from PIL import Image
+from route_client import serve_routes
 
 from style_lora_trainer.canvas_server import gallery
 from style_lora_trainer.canvas_server.gallery import CanvasError
@@ -195,21 +195,7 @@ aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (ComfyUI's server libra
 
 
 def _serve(coro_factory, history=None, token_counter=lambda: None):
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from style_lora_trainer.canvas_server.routes import add_routes
-
-    async def main():
-        routes = web.RouteTableDef()
-        kwargs = {"token_counter": token_counter} | ({"history": history} if history else {})
-        add_routes(routes, web, **kwargs)
-        app = web.Application()
-        app.add_routes(routes)
-        async with TestClient(TestServer(app)) as client:
-            return await coro_factory(client)
-
-    return asyncio.run(main())
+    return serve_routes(coro_factory, token_counter=token_counter, **({"history": history} if history else {}))
 
 
 def test_routes_serve_the_gallery_and_save_captions(roots, clip_tokenizer):

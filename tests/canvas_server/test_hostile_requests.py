@@ -2,7 +2,6 @@
 caption file is reported on its own gallery item, and every bad request answers 4xx JSON naming the
 field or file and the fix; never a 500, never a file touched outside the dataset folder."""
 
-import asyncio
 import io
 import json
 import os
@@ -12,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+from route_client import serve_routes
 
 from style_lora_trainer.canvas_server import gallery
 from style_lora_trainer.canvas_server.gallery import CanvasError
@@ -45,21 +45,7 @@ def ds(tmp_path, monkeypatch):
 
 
 def _serve(go):
-    pytest.importorskip("aiohttp", reason="aiohttp (ComfyUI's server library) is in requirements-dev.txt")
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from style_lora_trainer.canvas_server.routes import add_routes
-
-    async def main():
-        routes = web.RouteTableDef()
-        add_routes(routes, web)
-        app = web.Application()
-        app.add_routes(routes)
-        async with TestClient(TestServer(app)) as client:
-            return await go(client)
-
-    return asyncio.run(main())
+    return serve_routes(go)
 
 
 def _items(listing):

@@ -4,10 +4,10 @@ diffusers model, standing in for the checkpoint ComfyUI would load). No ComfyUI 
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
+from node_env import load_node_dataset, node_env
+from route_client import serve_routes
 from safetensors.torch import save_file
 
 from style_lora_trainer.canvas_server.plan import CanvasPlanner
@@ -17,7 +17,6 @@ from style_lora_trainer.nodes.train_lora import train_config
 from style_lora_trainer.style_lora_engine.checkpoint_header import lora_parameter_count, tensor_shapes
 from style_lora_trainer.style_lora_engine.errors import ConfigError
 from style_lora_trainer.style_lora_engine.training_plan import disk_need_for, make_plan, plan_counts
-from tests.node_env import load_node_dataset, node_env
 
 aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (ComfyUI's server library) is in requirements-dev.txt")
 
@@ -74,20 +73,7 @@ def env(tmp_path, monkeypatch):
 
 
 def serve(planner, coro_factory):
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from style_lora_trainer.canvas_server.routes import add_routes
-
-    async def main():
-        routes = web.RouteTableDef()
-        add_routes(routes, web, planner=planner)
-        app = web.Application()
-        app.add_routes(routes)
-        async with TestClient(TestServer(app)) as client:
-            return await coro_factory(client)
-
-    return asyncio.run(main())
+    return serve_routes(coro_factory, planner=planner)
 
 
 def test_the_plan_before_queue_counts_what_training_would(env):

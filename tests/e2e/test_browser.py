@@ -583,9 +583,7 @@ def test_the_plan_shows_in_the_canvas_before_queue_and_measure_runs_the_warm_up(
     server = comfy_server
     folder, name = "browser_plan", "browser_plan"
     _make_dataset(server.base / "input", folder, count=3, size=SIZE)
-    spec = _train_graph(folder, name)
-    spec["name"] = "browser_plan"
-    spec["nodes"]["ckpt"]["widgets"]["ckpt_name"] = server.checkpoint_name
+    spec = _train_graph(folder, name, server.checkpoint_name, graph_name="browser_plan")
     history_before = len(server.get_json("/history"))
     ids = ui.eval(BUILD_GRAPH, spec)
     train_id, ds_id = ids["train"], ids["ds"]
@@ -656,9 +654,9 @@ CHART_STATE = """(id) => {
 }"""
 
 
-def _train_graph(folder: str, name: str) -> dict:
-    return {"name": "browser_training", "nodes": {
-        "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": None}},
+def _train_graph(folder: str, name: str, checkpoint: str, graph_name: str = "browser_training") -> dict:
+    return {"name": graph_name, "nodes": {
+        "ckpt": {"type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": checkpoint}},
         "ds": {"type": "StyleLoRALoadDataset", "widgets": {
             "folder": folder, "repeats": 1, "resolution": SIZE, "enable_bucket": True, "min_bucket_size": SIZE,
             "max_bucket_size": SIZE, "bucket_step": SIZE}, "links": {"clip": ["ckpt", 1]}},
@@ -687,8 +685,7 @@ def test_live_training_chart_survives_reload_and_grid_preview(ui, comfy_server):
     server = comfy_server
     folder, name = "browser_train", "browser_e2e"
     _make_dataset(server.base / "input", folder, count=2, size=SIZE)
-    spec = _train_graph(folder, name)
-    spec["nodes"]["ckpt"]["widgets"]["ckpt_name"] = server.checkpoint_name
+    spec = _train_graph(folder, name, server.checkpoint_name)
     ids = ui.eval(BUILD_GRAPH, spec)
     train_id = ids["train"]
     total = 4  # 2 images x 1 repeat / batch 1 = 2 steps per epoch, 2 epochs
@@ -829,9 +826,8 @@ PICK_WIDGETS = """async (id) => {
 
 
 def _sweet_spot_graph(folder: str, name: str, checkpoint: str) -> dict:
-    spec = _train_graph(folder, name)
+    spec = _train_graph(folder, name, checkpoint)
     nodes = spec["nodes"]
-    nodes["ckpt"]["widgets"]["ckpt_name"] = checkpoint
     nodes["samples"] = {"type": "StyleLoRATrainingSamples", "widgets": {
         "prompts": "a red round shape", "negative": "blurry", "weights": "0.8, 1.0", "every_n_epochs": 1,
         "include_base": True, "seed": 3, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",

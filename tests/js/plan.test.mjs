@@ -96,6 +96,9 @@ test("the key changes with any widget; lines flag the guide's misses", () => {
   assert.deepEqual(lines.map((l) => [l.text, l.level]), [["[ok] 40 images", "ok"],
     ["[!!] 12 epochs (the guide: 20)", "warn"]]);
   assert.equal(planLines({ text: "  memory on cuda: about 30 GiB", fits: false })[0].level, "warn");
+  const measured = planLines({ text: "Pre-flight plan\n  4 images x 10 repeats\n  [ok] 40 images\n  disk: 1 GiB\n" +
+    "  memory on cpu: about 5 GiB at its peak\n  measured in the warm-up: 5 GiB\n  time: 2 s/step", fits: true });
+  assert.deepEqual(measured.map((l) => l.text.split(" ")[0]), ["4", "memory", "measured", "time:", "[ok]", "disk:"]);
   assert.equal(measureLabel(null, false), "Measure memory & time");
   assert.equal(measureLabel({ measured: true }, false), "Measure again");
   assert.equal(measureLabel({ measured: true }, true), "Measuring…");

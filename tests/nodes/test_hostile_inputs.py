@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from node_env import node_env
 
 from style_lora_trainer.nodes import NODE_CLASS_MAPPINGS as NODES
@@ -196,7 +197,7 @@ def test_train_says_when_the_output_name_was_shortened(env, monkeypatch, caplog)
                            losses=[0.5, 0.4], dlrs=[1e-4, 1e-4], epoch_end_steps=[1, 2], steps_per_epoch=1)
 
     monkeypatch.setattr(train_node, "train_lora", fake_train)
-    monkeypatch.setattr(train_node.host, "training_backend", lambda *a: SimpleNamespace())
+    monkeypatch.setattr(train_node.host, "training_backend", lambda *a: SimpleNamespace(device=torch.device("cpu")))
     monkeypatch.setattr(train_node, "make_plan", lambda *a, **k: SimpleNamespace(to_text=lambda: "plan"))
     with caplog.at_level(logging.WARNING, logger="style_lora_trainer"):
         out = NODES["StyleLoRATrain"]().train(**(TRAIN_ARGS | {"output_name": "s" * 130}))
