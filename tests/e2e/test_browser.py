@@ -228,6 +228,12 @@ def _run_from_page(ui: BrowserSession) -> str:
     return answer["prompt_id"]
 
 
+def _wait_persisted(ui: BrowserSession, text: str, timeout: float = 10.0) -> None:
+    """Until the frontend's saved draft of the open workflow (localStorage, V2 persistence) contains ``text``."""
+    ui.wait_for("""(text) => Object.keys(localStorage).some((key) => key.startsWith('Comfy.Workflow.Draft.v2:')
+        && (localStorage.getItem(key) || '').includes(text))""", text, timeout=timeout)
+
+
 def _assert_no_errors_of_ours(ui: BrowserSession, t0: float) -> dict:
     errors = ui.errors_since(t0)
     assert not errors["ours"], "errors from the pack in the page:\n" + "\n".join(errors["ours"])
@@ -892,7 +898,14 @@ def test_sample_strip_annotated_grid_and_a_click_that_picks(ui, comfy_server):
     assert layout["best_epoch"] in (1, 2) and "slt-best" in (grid["mark"] or ""), grid
     assert [r["epoch"] for r in layout["table"]["rows"]] == [1, 2]
 
-    # A real click on the cell (epoch other than the best, weight 0.8) in the displayed image.
+    # A real click on the cell (epoch other than the best, weight 0.8) in the displayed image, once the image
+    # stays where it is (the panels above may still be growing and the canvas redrawing).
+    for _ in range(50):
+        ui.page.wait_for_timeout(200)
+        settled = ui.eval(PICKER_STATE, grid_id)
+        if settled["rect"] == grid["rect"]:
+            break
+        grid = settled
     epoch = 3 - layout["best_epoch"]
     row, col = layout["epochs"].index(epoch), layout["weights"].index(0.8)
     x0, y0, x1, y1 = layout["cells"][row][col]
@@ -912,7 +925,10 @@ def test_sample_strip_annotated_grid_and_a_click_that_picks(ui, comfy_server):
     ui.page.wait_for_timeout(300)
     grid_shot = ui.screenshot("grid_picker", clip=_clip(ui.eval(NODE_RECT, grid_id)))
 
-    # A reload: the strip comes back from the server's history, the pick from the saved workflow.
+    # A reload: the strip comes back from the server's history, the pick from the saved workflow. The
+    # frontend writes its workflow draft 512 ms after a change (PERSIST_DEBOUNCE_MS, and no flush on unload):
+    # a reload sooner loses any change, so wait for the draft to hold the pick.
+    _wait_persisted(ui, "chosen cell")
     _reopen(ui)
     again = ui.wait_for(f"""(id) => {{ const s = ({STRIP_STATE})(id);
         return s.chart && s.rows.length === 3 ? s : false; }}""", train_id, timeout=60)
