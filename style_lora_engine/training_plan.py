@@ -152,12 +152,15 @@ class TrainingPlan:
         elif peak is not None and self.probe is not None:
             p = self.probe
             free = f"; {_size(self.free_memory)} free now" if self.free_memory is not None else ""
-            stepping = (f"set up {_size(p.held_before_steps)}, LoRA + gradients + optimizer {_size(p.trainable_bytes)}, "
-                        f"activations {_size(TRANSIENT_FACTOR * p.saved_bytes)}")
-            setup = max(p.setup_peak_bytes or 0, p.before_setup_bytes or 0)
-            where = (f"while setting up (the model as loaded, weight copies, latent caching); stepping: {_size(self.stepping_peak())}: "
-                     if setup > (self.stepping_peak() or 0) else "")
-            lines.append(f"  memory on {self.device}: about {_size(peak)} at its peak ({where}{stepping}){free}")
+            parts = (f"set up {_size(p.held_before_steps)}, LoRA + gradients + optimizer {_size(p.trainable_bytes)}, "
+                     f"activations {_size(TRANSIENT_FACTOR * p.saved_bytes)}")
+            stepping = self.stepping_peak() or 0
+            if max(p.setup_peak_bytes or 0, p.before_setup_bytes or 0) > stepping:
+                what = (f"while setting up (the model as loaded, weight copies, latent caching); the steps need "
+                        f"{_size(stepping)} ({parts})")
+            else:
+                what = f"({parts})"
+            lines.append(f"  memory on {self.device}: about {_size(peak)} at its peak {what}{free}")
             if p.peak_bytes is not None:
                 lines.append(f"  measured in the warm-up: {_size(p.peak_bytes)} peak over {len(p.step_seconds)} steps")
             if self.fits() is False:
