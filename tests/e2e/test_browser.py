@@ -228,10 +228,29 @@ def _run_from_page(ui: BrowserSession) -> str:
     return answer["prompt_id"]
 
 
-def _wait_persisted(ui: BrowserSession, text: str, timeout: float = 10.0) -> None:
-    """Until the frontend's saved draft of the open workflow (localStorage, V2 persistence) contains ``text``."""
-    ui.wait_for("""(text) => Object.keys(localStorage).some((key) => key.startsWith('Comfy.Workflow.Draft.v2:')
-        && (localStorage.getItem(key) || '').includes(text))""", text, timeout=timeout)
+SAVED_DRAFT_WIDGETS = """(id) => {
+  // The open workflow's draft (V2 persistence: an index per workspace maps path hashes to entries,
+  // each draft is {data: workflow JSON, updatedAt}); the widgets_values of node ``id`` in it, or null.
+  const path = app.extensionManager?.workflow?.activeWorkflow?.path;
+  const prefix = 'Comfy.Workflow.DraftIndex.v2:';
+  for (const key of Object.keys(localStorage).filter((k) => k.startsWith(prefix))) {
+    const index = JSON.parse(localStorage.getItem(key) || '{}');
+    const hash = Object.keys(index.entries || {}).find((h) => index.entries[h].path === path);
+    if (!hash) continue;
+    const payload = JSON.parse(localStorage.getItem(`Comfy.Workflow.Draft.v2:${key.slice(prefix.length)}:${hash}`) || 'null');
+    const workflow = typeof payload?.data === 'string' ? JSON.parse(payload.data) : payload?.data;
+    const node = (workflow?.nodes || []).find((n) => String(n.id) === String(id));
+    return node ? node.widgets_values : null;
+  }
+  return null;
+}"""
+
+
+def _wait_persisted(ui: BrowserSession, node_id: int, first: str, timeout: float = 10.0) -> list:
+    """Until the frontend's saved draft of the open workflow holds node ``node_id`` with ``first`` as its
+    first widget value (other workflows' drafts may hold the same text); returns its widgets_values."""
+    return ui.wait_for(f"""([id, first]) => {{ const values = ({SAVED_DRAFT_WIDGETS})(id);
+        return values && values[0] === first ? values : false; }}""", [node_id, first], timeout=timeout)
 
 
 def _assert_no_errors_of_ours(ui: BrowserSession, t0: float) -> dict:
@@ -927,8 +946,10 @@ def test_sample_strip_annotated_grid_and_a_click_that_picks(ui, comfy_server):
 
     # A reload: the strip comes back from the server's history, the pick from the saved workflow. The
     # frontend writes its workflow draft 512 ms after a change (PERSIST_DEBOUNCE_MS, and no flush on unload):
-    # a reload sooner loses any change, so wait for the draft to hold the pick.
-    _wait_persisted(ui, "chosen cell")
+    # a reload sooner loses any change, so wait for the open workflow's own draft to hold the pick (the
+    # example workflows' drafts hold "chosen cell" too).
+    drafted = _wait_persisted(ui, pick_id, "chosen cell")
+    assert drafted[1] == epoch and drafted[2] == pytest.approx(0.8), drafted
     _reopen(ui)
     again = ui.wait_for(f"""(id) => {{ const s = ({STRIP_STATE})(id);
         return s.chart && s.rows.length === 3 ? s : false; }}""", train_id, timeout=60)
