@@ -1,5 +1,6 @@
 """The canvas plan's ComfyUI side: which checkpoint a name is, the device and its free memory, whether a
-prompt is running, and the measured warm-up on a checkpoint loaded the way Load Checkpoint loads it.
+prompt is running, and the measured warm-up on the checkpoint as Load Checkpoint gives it (the copy ComfyUI
+holds from a run, else one loaded for it).
 
 ``canvas_server.plan`` asks these of a host object, so its tests hand in their own; this one is ComfyUI's.
 """
@@ -17,6 +18,7 @@ from ..style_lora_engine.dataset import Dataset
 from ..style_lora_engine.errors import ConfigError
 from ..style_lora_engine.training_plan import WARMUP_STEPS, TrainingPlan, make_plan
 from . import comfy_modules, host, paths
+from .held_checkpoint import find_held_checkpoint
 
 
 class ComfyPlanHost:
@@ -48,15 +50,26 @@ class ComfyPlanHost:
 
     def warm_up(self, checkpoint: str, dataset: Dataset, config: TrainConfig, *, output_name: str,
                 save_mode: str, save_n: int) -> TrainingPlan:
-        """The plan with its measured warm-up on ``checkpoint``, loaded as Load Checkpoint loads it (MODEL, CLIP
-        and VAE of one file) and let go afterwards."""
-        self.checkpoint_path(checkpoint)
-        loader = comfy_modules.require_comfy_module("nodes").CheckpointLoaderSimple()
-        model, clip, vae = loader.load_checkpoint(checkpoint)[:3]
+        """The plan with its measured warm-up on ``checkpoint``: on Load Checkpoint's MODEL, CLIP and VAE of it
+        that ComfyUI still holds from a run (what a queued Train LoRA would train on), else on a copy loaded
+        as Load Checkpoint loads it and let go afterwards."""
+        path = self.checkpoint_path(checkpoint)
+        gc.collect()  # only what something still holds
+        held = find_held_checkpoint(path, gc.get_objects())
+        if held is not None:
+            model, clip, vae = held
+            source = "warm-up on the model ComfyUI already holds for it (Load Checkpoint's output, as Queue uses it)"
+        else:
+            loader = comfy_modules.require_comfy_module("nodes").CheckpointLoaderSimple()
+            model, clip, vae = loader.load_checkpoint(checkpoint)[:3]
+            source = "warm-up on a copy loaded for it and let go after (ComfyUI held none)"
+        held = None
         try:
             backend = host.training_backend(model, clip, vae)
-            return make_plan(backend, dataset, config, runs_root=paths.runs_dir(), output_name=output_name,
+            plan = make_plan(backend, dataset, config, runs_root=paths.runs_dir(), output_name=output_name,
                              save_mode=save_mode, save_n=save_n, warmup_steps=WARMUP_STEPS)
+            plan.notes.append(source)
+            return plan
         finally:
             backend = model = clip = vae = None
             gc.collect()
