@@ -135,6 +135,7 @@ def _answer(inputs: PlanInputs, plan: TrainingPlan, *, measured: bool, family: s
         "device": plan.device,
         "free_memory": plan.free_memory,
         "estimated_peak": plan.estimated_peak(),
+        "stepping_peak": plan.stepping_peak(),  # the steps alone (the estimate may be the set-up's peak)
         "seconds_per_step": plan.seconds_per_step(),
         "fits": plan.fits(),
         "failed": plan.failed or None,

@@ -128,9 +128,10 @@ def test_measure_runs_the_warm_up_and_the_panel_sees_it_again_until_a_setting_ch
     assert measured["measured"] is True, measured
     assert host.warm_ups == [(CHECKPOINT, "plan me", 4)]
     assert measured["estimated_peak"] > 0 and measured["seconds_per_step"] > 0
+    assert 0 < measured["stepping_peak"] <= measured["estimated_peak"]
     assert "memory on cpu: about" in measured["text"] and "s/step (warm-up)" in measured["text"]
     assert again == measured  # a reload of the page shows the measurement
-    assert changed["measured"] is False and changed["estimated_peak"] is None
+    assert changed["measured"] is False and changed["estimated_peak"] is None and changed["stepping_peak"] is None
     assert busy[0] == 409 and "queued or running" in busy[1]["error"]
     assert len(host.warm_ups) == 1
     assert not (env / "runs").exists()  # the warm-up trains in a scratch folder, and nothing is kept

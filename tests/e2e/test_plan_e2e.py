@@ -51,13 +51,15 @@ def test_measure_uses_the_checkpoint_comfyui_holds_and_does_not_count_it_twice(c
     before_held = _rss(server)
     held = _measure(server, folder)
     assert "warm-up on the model ComfyUI already holds" in held["text"], held["text"]
-    grew_fresh, grew_held = fresh["estimated_peak"] - before_fresh, held["estimated_peak"] - before_held
-    print(f"\nmeasured peak with nothing held: {fresh['estimated_peak'] / GIB:.2f} GiB ({grew_fresh / GIB:+.2f} GiB over "
-          f"the process before); with the checkpoint held: {held['estimated_peak'] / GIB:.2f} GiB "
-          f"({grew_held / GIB:+.2f} GiB)")
-    # The fresh warm-up had to load the checkpoint (its fp32 U-Net alone is 3.2 GiB here); on the held one the
-    # peak grows by no second copy.
-    assert grew_held < grew_fresh - 2 * GIB, (fresh["text"], held["text"])
+    print(f"\nmeasured with nothing held: {fresh['stepping_peak'] / GIB:.2f} GiB for the steps, "
+          f"{fresh['estimated_peak'] / GIB:.2f} GiB at the peak (the process held {before_fresh / GIB:.2f} GiB before); "
+          f"with the checkpoint held: {held['stepping_peak'] / GIB:.2f} / {held['estimated_peak'] / GIB:.2f} GiB "
+          f"(held {before_held / GIB:.2f} GiB before)")
+    # Before the fix the steps counted the held copy and the warm-up's own (8.64 against 4.87 GiB here; the
+    # SD1.5 U-Net alone is 3.2 GiB in fp32). The set-up's transient peak depends on what the long-lived
+    # process has been through, as it would for a queued run, so it is not compared.
+    assert held["stepping_peak"] < fresh["stepping_peak"] + 1 * GIB, (fresh["text"], held["text"])
+    assert held["stepping_peak"] < before_held + 1 * GIB, (before_held, held["text"])
 
     # The held models are unchanged by the warm-up: sampling on them now (a new seed, so ComfyUI runs it)
     # gives the pixels of the same graph on a fresh load of the checkpoint.
