@@ -33,22 +33,6 @@ class ModelPatcher:
         return ModelPatcher(self.cached_patcher_init, parent=self)
 
 
-class CLIP:
-    __module__ = "comfy.sd"
-
-    def __init__(self, patcher):
-        self.patcher = patcher
-
-    def tokenize(self, text):
-        return text
-
-    def encode(self, text):
-        return text
-
-    def clone(self):
-        return CLIP(self.patcher.clone())
-
-
 class VAE:
     __module__ = "comfy.sd"
 
@@ -57,6 +41,16 @@ class VAE:
 
     def encode(self, pixels):
         return pixels
+
+
+class CLIP(VAE):  # (comfy.sd.CLIP has an encode too)
+    __module__ = "comfy.sd"  # (a class's own, not inherited)
+
+    def tokenize(self, text):
+        return text
+
+    def clone(self):
+        return CLIP(self.patcher.clone())
 
 
 def load_checkpoint(path=CKPT, model_options=None):
