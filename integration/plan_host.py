@@ -8,7 +8,9 @@ holds from a run, else one loaded for it).
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +21,7 @@ from ..style_lora_engine.errors import ConfigError
 from ..style_lora_engine.training_plan import WARMUP_STEPS, TrainingPlan, make_plan
 from . import comfy_modules, host, paths
 from .held_checkpoint import find_held_checkpoint
+from .prompt_hold import prompts_held_back
 
 
 class ComfyPlanHost:
@@ -37,11 +40,14 @@ class ComfyPlanHost:
     def free_memory(self) -> int | None:
         return memory_meter.free_bytes(self.device())
 
-    def busy(self) -> str | None:
-        """Why a warm-up now would disturb ComfyUI (a prompt queued or running), or None."""
+    def _prompt_queue(self) -> Any:
         server = comfy_modules.comfy_module("server")
         instance = getattr(getattr(server, "PromptServer", None), "instance", None)
-        queue = getattr(instance, "prompt_queue", None)
+        return getattr(instance, "prompt_queue", None)
+
+    def busy(self) -> str | None:
+        """Why a warm-up now would disturb ComfyUI (a prompt queued or running), or None."""
+        queue = self._prompt_queue()
         remaining = queue.get_tasks_remaining() if queue is not None else 0
         if remaining:
             return (f"{remaining} prompt(s) are queued or running; measure when the queue is empty (the warm-up "
@@ -54,6 +60,14 @@ class ComfyPlanHost:
         that ComfyUI still holds from a run (what a queued Train LoRA would train on), else on a copy loaded
         as Load Checkpoint loads it and let go afterwards."""
         path = self.checkpoint_path(checkpoint)
+        queue = self._prompt_queue()
+        # Prompts queued meanwhile wait: the warm-up changes the models they would use, and offloads others.
+        with prompts_held_back(queue) if queue is not None else nullcontext():
+            return self._warm_up(path, checkpoint, dataset, config, output_name=output_name, save_mode=save_mode,
+                                 save_n=save_n)
+
+    def _warm_up(self, path: Path, checkpoint: str, dataset: Dataset, config: TrainConfig, *, output_name: str,
+                 save_mode: str, save_n: int) -> TrainingPlan:
         gc.collect()  # only what something still holds
         held = find_held_checkpoint(path, gc.get_objects())
         if held is not None:
@@ -63,7 +77,7 @@ class ComfyPlanHost:
             loader = comfy_modules.require_comfy_module("nodes").CheckpointLoaderSimple()
             model, clip, vae = loader.load_checkpoint(checkpoint)[:3]
             source = "warm-up on a copy loaded for it and let go after (ComfyUI held none)"
-        held = None
+        held = None  # the warm-up's end lets go of them (below)
         try:
             backend = host.training_backend(model, clip, vae)
             plan = make_plan(backend, dataset, config, runs_root=paths.runs_dir(), output_name=output_name,

@@ -4,6 +4,7 @@ loading a second copy that the plan's memory would count twice; with nothing hel
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -47,9 +48,25 @@ def test_measure_uses_the_checkpoint_comfyui_holds_and_does_not_count_it_twice(c
     prompt = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": server.checkpoint_name}}}
     prompt.update(_ksampler_nodes("s_", ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]))
     entry = server.wait(server.queue(prompt), timeout=300)
+
+    def reseeded(seed: int) -> dict:
+        return {**prompt, "s_ks": {**prompt["s_ks"], "inputs": {**prompt["s_ks"]["inputs"], "seed": seed}}}
+
     assert entry["status"]["status_str"] == "success", error_text(entry)
     before_held = _rss(server)
-    held = _measure(server, folder)
+    # A prompt queued while the warm-up runs on those models waits for it (it would sample them mid-training).
+    measuring = {}
+    thread = threading.Thread(target=lambda: measuring.update(answer=_measure(server, folder),
+                                                            ended_ms=time.time() * 1000))
+    thread.start()
+    time.sleep(2)
+    waiting = server.queue(reseeded(SEED + 2))
+    thread.join(timeout=600)
+    held = measuring["answer"]
+    after = server.wait(waiting, timeout=300)
+    assert after["status"]["status_str"] == "success", error_text(after)
+    started = next(m[1]["timestamp"] for m in after["status"]["messages"] if m[0] == "execution_start")
+    assert started >= measuring["ended_ms"] - 1000, (started, measuring["ended_ms"])
     assert "warm-up on the model ComfyUI already holds" in held["text"], held["text"]
     print(f"\nmeasured with nothing held: {fresh['stepping_peak'] / GIB:.2f} GiB for the steps, "
           f"{fresh['estimated_peak'] / GIB:.2f} GiB at the peak (the process held {before_fresh / GIB:.2f} GiB before); "
@@ -61,13 +78,8 @@ def test_measure_uses_the_checkpoint_comfyui_holds_and_does_not_count_it_twice(c
     assert held["stepping_peak"] < fresh["stepping_peak"] + 1 * GIB, (fresh["text"], held["text"])
     assert held["stepping_peak"] < before_held + 1 * GIB, (before_held, held["text"])
 
-    # The held models are unchanged by the warm-up: sampling on them now (a new seed, so ComfyUI runs it)
-    # gives the pixels of the same graph on a fresh load of the checkpoint.
-    def reseeded(seed: int) -> dict:
-        return {**prompt, "s_ks": {**prompt["s_ks"], "inputs": {**prompt["s_ks"]["inputs"], "seed": seed}}}
-
-    after = server.wait(server.queue(reseeded(SEED + 2)), timeout=300)
-    assert after["status"]["status_str"] == "success", error_text(after)
+    # The held models are unchanged by the warm-up: that prompt (a new seed, so ComfyUI ran it on them) gave
+    # the pixels of the same graph on a fresh load of the checkpoint.
     server.post_json("/free", {"unload_models": True, "free_memory": True})
     time.sleep(3)
     reloaded = server.wait(server.queue(reseeded(SEED + 2)), timeout=300)
