@@ -45,7 +45,7 @@ WARMUP = 3  # steps 1-3 (allocator warm-up, first-touch) are not in the median
 
 _PROBE = r'''
 import json, os, resource, threading, time, torch
-_steps, _rss, _stop = [], [], threading.Event()
+_steps, _faults, _rss, _stop = [], [], [], threading.Event()
 def _statm():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -54,10 +54,13 @@ def _sample():
         _rss.append((time.perf_counter(), _statm()))
 threading.Thread(target=_sample, daemon=True).start()
 from torch.optim.optimizer import register_optimizer_step_post_hook
-register_optimizer_step_post_hook(lambda *a, **k: _steps.append(time.perf_counter()))
+def _on_step(*a, **k):
+    _steps.append(time.perf_counter())
+    _faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+register_optimizer_step_post_hook(_on_step)
 def probe_report(extra=None):
     _stop.set()
-    return {"steps": _steps, "rss": _rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return {"steps": _steps, "faults": _faults, "rss": _rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             **(extra or {})}
 '''
 
@@ -71,6 +74,8 @@ def _summary(report: dict) -> dict:
     out = {"steps": len(steps), "median": statistics.median(timed) if timed else float("nan"),
            "min": min(timed, default=float("nan")), "max": max(timed, default=float("nan")),
            "rss_training": statistics.median(rss), "peak": report["peak"]}
+    faults = [b - a for a, b in zip(report.get("faults", []), report.get("faults", [])[1:])][WARMUP - 1:]
+    out["faults"] = statistics.median(faults) if faults else float("nan")
     if "epoch_end_stall" in report:
         out["epoch_end_stall"] = report["epoch_end_stall"]
     return out
@@ -111,14 +116,28 @@ def child_pack(opts) -> dict:
         _channels_last_for_training()
     if "compile" in opts.levers:
         _compiled_blocks_for_training()
-    epoch_end = []
-    callbacks = TrainCallbacks(on_epoch=lambda info: epoch_end.append(time.perf_counter()))
+    if "no_heap" in opts.levers:
+        _heap_not_kept()
+    epoch_end, validated = [], []
+    # The epoch's validation loss is measured between its last step and the file (deliberate work, like
+    # kohya's sample images): the stall reported is the file and resume-state snapshot after it.
+    callbacks = TrainCallbacks(on_epoch=lambda info: epoch_end.append(time.perf_counter()),
+                               on_validation=lambda info: validated.append(time.perf_counter()))
     with torch.inference_mode():
         train_lora(host.training_backend(model, clip, vae), dataset, config,
                    runs_root=opts.work / f"runs-{opts.config}-{time.time_ns()}", output_name="bench",
                    callbacks=callbacks)
-    stall = epoch_end[0] - _steps[-1] if epoch_end and _steps else None  # noqa: F821
+    stall = epoch_end[0] - max([_steps[-1], *validated[-1:]]) if epoch_end and _steps else None  # noqa: F821
     return probe_report({"epoch_end_stall": stall})  # noqa: F821
+
+
+def _heap_not_kept() -> None:
+    """The shipped lever switched off, for comparison: glibc's default heap behaviour during the steps."""
+    import contextlib
+
+    from style_lora_trainer.style_lora_engine import cpu_heap
+
+    cpu_heap.kept_between_steps = lambda device: contextlib.nullcontext(False)
 
 
 def _channels_last_for_training() -> None:
@@ -245,14 +264,16 @@ def report(opts, rows: dict) -> str:
         f"DAdaptAdam(W) lr 1.0, cached latents, shuffle keep 1, {opts.steps} steps per run, median of steps "
         f"{WARMUP + 1}–{opts.steps}, runs alternating{' with kohya' if opts.kohya_dir else ''}.",
         "",
-        "| setting | trainer | s/step (median) | min–max | RSS while training | peak RSS | epoch-end stall |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | trainer | s/step (median) | min–max | RSS while training | peak RSS | page faults / step "
+        "| epoch-end stall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config, results in rows.items():
         for who, r in results:
             stall = f"{r['epoch_end_stall']:.2f} s" if r.get("epoch_end_stall") is not None else "–"
             lines.append(f"| {LABELS[config]} | {who} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
-                         f"{_gib(r['rss_training'])} | {_gib(r['peak'])} | {stall} |")
+                         f"{_gib(r['rss_training'])} | {_gib(r['peak'])} | {r.get('faults', float('nan')):,.0f} | "
+                         f"{stall} |")
     if opts.kohya_dir:
         lines += ["", "| setting | pack / kohya s/step | pack / kohya RSS while training |", "|---|---|---|"]
         for config, results in rows.items():
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating runs per trainer and configuration")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--out", type=Path, help="rewrite the results section of this Markdown file")
-    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last, compile")
+    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last, compile; no_heap switches the "
+                        "shipped one off (glibc's default heap during the steps)")
     p.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.comfyui_dir is None:

@@ -21,15 +21,14 @@ normal tensor as ``.data`` it would lose its version counter and fail in the hos
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
+
+from . import cpu_heap
 
 TRIM_EVERY_BYTES = 128 * 2**20
 
@@ -61,13 +60,7 @@ def inference_tensor(tensor: torch.Tensor) -> bool:
 def release_freed_memory() -> None:
     """Hand freed heap memory back to the OS (glibc keeps freed blocks below its mmap threshold, up to
     32 MiB each, so the originals' RAM would otherwise stay counted as used). No-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    cpu_heap.trim()
 
 
 class HalfPrecisionWeights:

@@ -35,7 +35,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import memory_meter
+from . import cpu_heap, memory_meter
 from .atomic import atomic_write_text, remove_stale_temp_files
 from .backend import SampleGeometry, TrainingBackend, crop_geometry
 from .captions import tag_frequency
@@ -541,120 +541,123 @@ def _train_in_folder(
             memory_meter.reset_peak(backend.device)
         step_timer = time.perf_counter()
         per_step = 0.0
-        for epoch in range(start_epoch, config.epochs + 1):
-            epoch_losses: list[float] = []
-            for step_in_epoch, batch in enumerate(plan_epoch(dataset, global_batch, config.seed, epoch), 1):
-                # With several processes every one draws the global batch's noise and timesteps (the same
-                # draws as one process would) and trains on its own slice of it (data_parallel.py).
-                batch_latents = latents.batch(batch)
-                # Noise first, then timesteps, all from noise_rng: the order runs and resumes depend on.
-                noise = draw_noise(batch_latents, noise_rng, options)
-                timesteps = draw_timesteps(len(batch), noise_rng, options, backend.num_train_timesteps)
-                mine = slice(parallel.rank * per_process, (parallel.rank + 1) * per_process)
-                local = batch[mine] if parallel.active else batch
-                counting = _SavedTensorBytes(unet) if probe is not None and not probe.step_seconds else None
-                if counting is not None:
-                    counting.__enter__()
-                if local:
-                    items = [dataset.items[i] for i in local]
-                    captions = [shuffle_caption(item.caption, shuffle, global_step, i)
-                                for item, i in zip(items, local, strict=True)]
-                    geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
+        # CPU: the steps' freed activations stay in the heap for the next step (no page faults each step).
+        with cpu_heap.kept_between_steps(backend.device):
+            for epoch in range(start_epoch, config.epochs + 1):
+                epoch_losses: list[float] = []
+                for step_in_epoch, batch in enumerate(plan_epoch(dataset, global_batch, config.seed, epoch), 1):
+                    # With several processes every one draws the global batch's noise and timesteps (the same
+                    # draws as one process would) and trains on its own slice of it (data_parallel.py).
+                    batch_latents = latents.batch(batch)
+                    # Noise first, then timesteps, all from noise_rng: the order runs and resumes depend on.
+                    noise = draw_noise(batch_latents, noise_rng, options)
+                    timesteps = draw_timesteps(len(batch), noise_rng, options, backend.num_train_timesteps)
+                    mine = slice(parallel.rank * per_process, (parallel.rank + 1) * per_process)
+                    local = batch[mine] if parallel.active else batch
+                    counting = _SavedTensorBytes(unet) if probe is not None and not probe.step_seconds else None
+                    if counting is not None:
+                        counting.__enter__()
+                    if local:
+                        items = [dataset.items[i] for i in local]
+                        captions = [shuffle_caption(item.caption, shuffle, global_step, i)
+                                    for item, i in zip(items, local, strict=True)]
+                        geometry: list[SampleGeometry] = [crop_geometry(it.width, it.height, it.bucket) for it in items]
+                        if parallel.active:
+                            batch_latents, noise = batch_latents[mine], noise[mine]
+                            timesteps = timesteps[mine]
+                        pred, target = backend.predict(batch_latents, noise, timesteps, captions, geometry)
+                        loss = training_loss(pred, target, timesteps, options=options, alphas_cumprod=alphas_cumprod,
+                                             prediction_type=prediction_type, mask=latents.masks(local))
                     if parallel.active:
-                        batch_latents, noise = batch_latents[mine], noise[mine]
-                        timesteps = timesteps[mine]
-                    pred, target = backend.predict(batch_latents, noise, timesteps, captions, geometry)
-                    loss = training_loss(pred, target, timesteps, options=options, alphas_cumprod=alphas_cumprod,
-                                         prediction_type=prediction_type, mask=latents.masks(local))
-                if parallel.active:
-                    # This slice's share of the global batch's mean loss; summed over processes it is that mean.
-                    weight = len(local) / len(batch)
-                    loss = loss * weight if local else torch.zeros((), device=backend.device)
-                    global_loss = parallel.sum_(loss.detach().float().reshape(1).clone())[0]
-                else:
-                    global_loss = loss.detach()
-                if not torch.isfinite(global_loss):
-                    raise TrainingStopped(
-                        f"The loss became {global_loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
-                        f"1-{epoch - 1} are saved in {run_dir}. Fixes: use constant LR with warmup "
-                        f"(e.g. 5% of steps), lower the learning rate, or train in fp32/bf16 instead of fp16."
-                    )
-                if counting is not None:
-                    counting.__exit__(None, None, None)
-                    probe.saved_bytes = counting.total
-                if local:
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                parallel.sum_gradients_(lora_params)  # DDP's all-reduce, before unscaling and clipping
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                lr, dlr = effective_lr(optimizer)
-                value = float(global_loss)
-                epoch_losses.append(value)
-                result.losses.append(value)
-                result.lrs.append(lr)
-                result.dlrs.append(dlr)
-                now = time.perf_counter()
-                elapsed, step_timer = now - step_timer, now
-                result.training_seconds += elapsed
-                per_step = elapsed if per_step == 0 else 0.9 * per_step + 0.1 * elapsed
-                if probe is not None:
-                    probe.step_seconds.append(elapsed)
-                    if len(probe.step_seconds) >= probe.steps:
-                        probe.peak_bytes = memory_meter.peak_bytes(backend.device)
-                        probe.trainable_bytes = 2 * sum(p.numel() * p.element_size() for p in lora_params) + sum(
-                            v.numel() * v.element_size() for state in optimizer.state.values()
-                            for v in state.values() if isinstance(v, torch.Tensor))
-                        raise _ProbeComplete
-                if callbacks.on_step:
-                    callbacks.on_step(StepInfo(epoch, config.epochs, step_in_epoch, spe, global_step,
-                                               total_steps, value, lr, dlr, per_step))
+                        # This slice's share of the global batch's mean loss; summed over processes it is that mean.
+                        weight = len(local) / len(batch)
+                        loss = loss * weight if local else torch.zeros((), device=backend.device)
+                        global_loss = parallel.sum_(loss.detach().float().reshape(1).clone())[0]
+                    else:
+                        global_loss = loss.detach()
+                    if not torch.isfinite(global_loss):
+                        raise TrainingStopped(
+                            f"The loss became {global_loss.item()} at epoch {epoch}, step {step_in_epoch}. Epochs "
+                            f"1-{epoch - 1} are saved in {run_dir}. Fixes: use constant LR with warmup "
+                            f"(e.g. 5% of steps), lower the learning rate, or train in fp32/bf16 instead of fp16."
+                        )
+                    if counting is not None:
+                        counting.__exit__(None, None, None)
+                        probe.saved_bytes = counting.total
+                    if local:
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    parallel.sum_gradients_(lora_params)  # DDP's all-reduce, before unscaling and clipping
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if config.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(lora_params, config.max_grad_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    global_step += 1
+                    lr, dlr = effective_lr(optimizer)
+                    value = float(global_loss)
+                    epoch_losses.append(value)
+                    result.losses.append(value)
+                    result.lrs.append(lr)
+                    result.dlrs.append(dlr)
+                    now = time.perf_counter()
+                    elapsed, step_timer = now - step_timer, now
+                    result.training_seconds += elapsed
+                    per_step = elapsed if per_step == 0 else 0.9 * per_step + 0.1 * elapsed
+                    if probe is not None:
+                        probe.step_seconds.append(elapsed)
+                        if len(probe.step_seconds) >= probe.steps:
+                            probe.peak_bytes = memory_meter.peak_bytes(backend.device)
+                            probe.trainable_bytes = 2 * sum(p.numel() * p.element_size() for p in lora_params) + sum(
+                                v.numel() * v.element_size() for state in optimizer.state.values()
+                                for v in state.values() if isinstance(v, torch.Tensor))
+                            raise _ProbeComplete
+                    if callbacks.on_step:
+                        callbacks.on_step(StepInfo(epoch, config.epochs, step_in_epoch, spe, global_step,
+                                                   total_steps, value, lr, dlr, per_step))
 
-            result.epoch_end_steps.append(global_step)
-            mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
-            validation_loss = measure_validation(epoch)
-            path = run_dir / epoch_file_name(output_name, epoch)
-            if not main:  # the main process writes the epoch file and the resume state
+                result.epoch_end_steps.append(global_step)
+                mean_loss = sum(epoch_losses) / max(1, len(epoch_losses))
+                validation_loss = measure_validation(epoch)
+                path = run_dir / epoch_file_name(output_name, epoch)
+                if not main:  # the main process writes the epoch file and the resume state
+                    result.epoch_files[epoch] = path
+                    step_timer = time.perf_counter()
+                    continue
+                peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+                tensors = _kohya_tensors(peft_state, extras, backend, config)
+                peft_state.update(extras.state_dict())  # DoRA magnitudes resume with the LoRA weights
+                if epoch in kept and path.is_file():
+                    say(_kept_epoch_message(path, tensors))
+                else:
+                    metadata = _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
+                                         training_comment, session_id, started_at, dtype)
+                    metadata.update(_epoch_numbers(result, validation, epoch, mean_loss))
+                    save_lora_file(path, tensors, metadata)
+                # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
+                # of optimizer state, is snapshotted here and written while the next epoch trains.
+                resume_writer.submit(run_dir, ResumeState(
+                    fingerprint=run_id, epoch=epoch, global_step=global_step, lora=peft_state,
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    noise_rng=noise_rng.get_state(),
+                    history={"losses": result.losses, "lrs": result.lrs, "dlrs": result.dlrs,
+                             "epoch_end_steps": result.epoch_end_steps,
+                             "validation": [list(v) for v in result.validation],
+                             "validation_set": result.validation_source},
+                ))
                 result.epoch_files[epoch] = path
-                step_timer = time.perf_counter()
-                continue
-            peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-            tensors = _kohya_tensors(peft_state, extras, backend, config)
-            peft_state.update(extras.state_dict())  # DoRA magnitudes resume with the LoRA weights
-            if epoch in kept and path.is_file():
-                say(_kept_epoch_message(path, tensors))
-            else:
-                metadata = _metadata(backend, dataset, config, shuffle, output_name, epoch, global_step, spe,
-                                     training_comment, session_id, started_at, dtype)
-                metadata.update(_epoch_numbers(result, validation, epoch, mean_loss))
-                save_lora_file(path, tensors, metadata)
-            # The epoch file is written here (the canvas shows it at once); the resume state, hundreds of MB
-            # of optimizer state, is snapshotted here and written while the next epoch trains.
-            resume_writer.submit(run_dir, ResumeState(
-                fingerprint=run_id, epoch=epoch, global_step=global_step, lora=peft_state,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                noise_rng=noise_rng.get_state(),
-                history={"losses": result.losses, "lrs": result.lrs, "dlrs": result.dlrs,
-                         "epoch_end_steps": result.epoch_end_steps,
-                         "validation": [list(v) for v in result.validation],
-                         "validation_set": result.validation_source},
-            ))
-            result.epoch_files[epoch] = path
-            say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f}, validation loss "
-                f"{validation_loss:.4f})")
-            if callbacks.on_epoch:
-                callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss, validation_loss))
-            render_samples(epoch, path)
-            step_timer = time.perf_counter()  # validation, saving and sampling are not a step's time
+                say(f"Epoch {epoch}/{config.epochs} saved: {path.name} (mean loss {mean_loss:.4f}, validation loss "
+                    f"{validation_loss:.4f})")
+                if callbacks.on_epoch:
+                    callbacks.on_epoch(EpochInfo(epoch, config.epochs, global_step, path, mean_loss, validation_loss))
+                render_samples(epoch, path)
+                cpu_heap.trim()  # what validation, saving and sampling freed goes back before the next epoch
+                step_timer = time.perf_counter()  # validation, saving and sampling are not a step's time
         resume_writer.wait()
         parallel.barrier()  # every process returns once the last epoch's file and state are written
     except torch.OutOfMemoryError as exc:
