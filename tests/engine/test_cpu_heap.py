@@ -53,15 +53,16 @@ def no_user_tunables(monkeypatch):
 def test_inside_a_freed_block_is_reused_without_faults_and_afterwards_memory_goes_back(no_user_tunables):
     with cpu_heap.kept_between_steps(torch.device("cpu")) as kept:
         assert kept and cpu_heap.active()
-        _faults_to_reallocate(BLOCK)  # the first step grows the heap (glibc may map that growth anew)
-        faults_kept = _faults_to_reallocate(BLOCK)
+        # The first rounds grow the heap (best fit may pick a fresh, untouched chunk), as a run's first
+        # steps do; then every round finds pages it touched before.
+        faults_kept = min(_faults_to_reallocate(BLOCK) for _ in range(5))
         block = torch.ones(BLOCK, dtype=torch.uint8)
         rss_with_block = _rss()
         del block
         rss_freed_inside = _rss()
     rss_after = _rss()
     assert not cpu_heap.active()
-    faults_after = _faults_to_reallocate(BLOCK)
+    faults_after = min(_faults_to_reallocate(BLOCK) for _ in range(3))
 
     pages = BLOCK // PAGE
     assert faults_kept < 0.02 * pages, faults_kept  # the same pages again
