@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import sys
@@ -44,6 +45,7 @@ def tuned_by_user(environ: Mapping[str, str] | None = None) -> bool:
     return any(name in env for name in _USER_TUNABLES) or "glibc.malloc" in env.get("GLIBC_TUNABLES", "")
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
@@ -62,7 +64,9 @@ def active() -> bool:
 
 
 def trim() -> None:
-    """Hand the heap's free memory back to the kernel now (between epochs, after set-up)."""
+    """Hand the heap's free memory back to the kernel now (after set-up, between epochs, while the user's
+    weights come back): glibc keeps freed blocks below its mmap threshold, so RAM freed would otherwise
+    stay counted as used. No-op without glibc."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

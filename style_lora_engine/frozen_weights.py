@@ -57,12 +57,6 @@ def inference_tensor(tensor: torch.Tensor) -> bool:
     return False
 
 
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps freed blocks below its mmap threshold, up to
-    32 MiB each, so the originals' RAM would otherwise stay counted as used). No-op elsewhere."""
-    cpu_heap.trim()
-
-
 class HalfPrecisionWeights:
     """``apply()`` swaps in the copies (or empty placeholders), ``restore()`` puts the originals back
     (both idempotent)."""
@@ -113,7 +107,7 @@ class HalfPrecisionWeights:
                 del original
             if self._file is not None:
                 self._file.flush()
-                release_freed_memory()
+                cpu_heap.trim()
         except BaseException:
             self.restore()
             raise
@@ -157,11 +151,11 @@ class HalfPrecisionWeights:
                 if freed >= TRIM_EVERY_BYTES:
                     # The freed half-precision blocks are too small for the originals coming back: hand them to
                     # the OS as we go, or the process holds both sets at the end (measured: +1.1 GiB on SD1.5).
-                    release_freed_memory()
+                    cpu_heap.trim()
                     freed = 0
         finally:
             if self._file is not None and not self._entries:
                 self._file.close()
                 self._file = None
                 self.bytes_set_aside = 0
-            release_freed_memory()
+            cpu_heap.trim()
