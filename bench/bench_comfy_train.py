@@ -118,6 +118,8 @@ def child_pack(opts) -> dict:
         _compiled_blocks_for_training()
     if "no_heap" in opts.levers:
         _heap_not_kept()
+    if "no_gemm_conv" in opts.levers:
+        _small_convs_not_gemm()
     epoch_end, validated = [], []
     # The epoch's validation loss is measured between its last step and the file (deliberate work, like
     # kohya's sample images): the stall reported is the file and resume-state snapshot after it.
@@ -138,6 +140,13 @@ def _heap_not_kept() -> None:
     from style_lora_trainer.style_lora_engine import cpu_heap
 
     cpu_heap.kept_between_steps = lambda device: contextlib.nullcontext(False)
+
+
+def _small_convs_not_gemm() -> None:
+    """The shipped lever switched off, for comparison: every conv through oneDNN (PyTorch's own path)."""
+    from style_lora_trainer.style_lora_engine import cpu_conv
+
+    cpu_conv.MAX_POSITIONS = 0
 
 
 def _channels_last_for_training() -> None:
@@ -302,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating runs per trainer and configuration")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--out", type=Path, help="rewrite the results section of this Markdown file")
-    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last, compile; no_heap switches the "
-                        "shipped one off (glibc's default heap during the steps)")
+    p.add_argument("--levers", default="", help="comma-separated levers under trial for the pack: channels_last, compile; no_heap and "
+                        "no_gemm_conv switch shipped ones off (glibc's default heap during the steps; every conv "
+                        "through oneDNN)")
     p.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.comfyui_dir is None:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..style_lora_engine.backend import SampleGeometry
+from ..style_lora_engine.cpu_conv import GemmForSmallConvs
 from ..style_lora_engine.errors import ConfigError, StyleLoRAError
 from ..style_lora_engine.frozen_weights import HalfPrecisionWeights, inference_tensor
 from . import comfy_modules, paths
@@ -252,6 +253,13 @@ def training_transformer_options() -> dict:
     return {"optimized_attention_override": optimized_attention_override}
 
 
+def _builds_weight_per_call(module: torch.nn.Module) -> bool:
+    # ComfyUI's manual cast (fp32 compute on half weights, offloading) and per-call weight patches: such a
+    # layer keeps ComfyUI's own forward.
+    return bool(getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None)
+                or getattr(module, "bias_function", None))
+
+
 def _checkpointed_forward(module: torch.nn.Module):
     forward = type(module).forward
 
@@ -291,6 +299,7 @@ class ComfyBackend:
         self._vae_aside: HalfPrecisionWeights | None = None
         self._text: TextEncoderInComputeDtype | None = None
         self._transformer_options: dict = {}
+        self._convs: GemmForSmallConvs | None = None
 
     # -- the model being trained -------------------------------------------------------------
 
@@ -369,6 +378,8 @@ class ComfyBackend:
                         self.clip, dtype, spill_dir=paths.runs_dir() if self.device.type == "cpu" else None)
                     self._text.apply()
                 self._transformer_options = training_transformer_options()
+                # The deepest levels' convs as one GEMM on a CPU (oneDNN is 2-4x slower there).
+                self._convs = GemmForSmallConvs(unet, self.device, keep=_builds_weight_per_call)
                 self._sampling = mp.get_model_object("model_sampling")
                 self._num_timesteps = int(len(self._sampling.sigmas))
             except BaseException:
@@ -385,6 +396,9 @@ class ComfyBackend:
         mm = comfy_modules.comfy_module("comfy.model_management")
         failed: BaseException | None = None
         try:
+            if self._convs is not None:
+                self._convs.remove()
+                self._convs = None
             # Each set-aside comes back even if another fails (a CLIP that cannot be restored must not
             # leave the U-Net on its bf16 copy); the U-Net's before unpatch_model, which copies
             # ComfyUI's backups into these parameters. The first failure is raised at the end.

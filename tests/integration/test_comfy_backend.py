@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from style_lora_trainer.integration import comfy_modules, host
 from style_lora_trainer.integration.comfy_backend import (
     ComfyBackend,
+    _builds_weight_per_call,
     detect_arch,
     make_autograd_usable,
     noisy_input_and_target,
@@ -492,3 +493,25 @@ def test_sampling_while_training_sees_the_users_model_and_changes_no_number(tmp_
     assert result.validation == plain.validation
     for name, value in before.items():
         assert torch.equal(dict(unet.named_parameters())[name].detach(), value), name
+
+
+def test_small_convs_compute_as_one_gemm_while_training_and_comfyuis_cast_layers_keep_their_own(mm):
+    model, clip, vae = comfy_objects()
+    backend = ComfyBackend(model, clip, vae)
+    unet = backend.lora_module()
+    convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    cast = convs[0]
+    cast.comfy_cast_weights = True  # ComfyUI casts this layer's weight per call: its own forward, always
+    backend.begin_training(dtype=torch.bfloat16, gradient_checkpointing=False)
+    try:
+        assert all("forward" in m.__dict__ for m in convs[1:]) and "forward" not in cast.__dict__
+        pred, _ = backend.predict(torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4), torch.tensor([10]),
+                                  ["a caption"], [SampleGeometry((32, 32), (0, 0), (32, 32))])
+        assert torch.isfinite(pred).all()
+    finally:
+        backend.end_training()
+    assert not any("forward" in m.__dict__ for m in convs)
+    plain = torch.nn.Conv2d(2, 2, 3)
+    assert not _builds_weight_per_call(plain)
+    plain.weight_function = [lambda w: w]
+    assert _builds_weight_per_call(plain)
