@@ -43,6 +43,10 @@ class _FrozenWeightGemm(torch.autograd.Function):
         return torch.mm(w.t(), grad), None, None
 
 
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, padding)`` (groups 1, dilation 1, zero padding) as
@@ -50,8 +54,8 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     no gradient is computed for them."""
     n = x.shape[0]
     out_channels = weight.shape[0]
-    h_out = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
-    w_out = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    h_out = _output_size(x.shape[2], weight.shape[2], stride[0], padding[0])
+    w_out = _output_size(x.shape[3], weight.shape[3], stride[1], padding[1])
     cols = F.unfold(x, weight.shape[2:], padding=padding, stride=stride)  # [n, c*kh*kw, L]
     if n > 1:  # one GEMM over every image's positions (a broadcast batched matmul is far slower)
         cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)
@@ -80,13 +84,13 @@ def _takes_gemm(module: nn.Conv2d, x: torch.Tensor) -> bool:
         return False  # cast per call (autocast on other-dtype weights, offloaded layers): the model's own path
     if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != x.dtype:
         return False
-    h_out = (x.shape[2] + 2 * module.padding[0] - module.kernel_size[0]) // module.stride[0] + 1
-    w_out = (x.shape[3] + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
+    h_out = _output_size(x.shape[2], module.kernel_size[0], module.stride[0], module.padding[0])
+    w_out = _output_size(x.shape[3], module.kernel_size[1], module.stride[1], module.padding[1])
     return x.shape[0] * h_out * w_out <= MAX_POSITIONS
 
 
 class GemmForSmallConvs:
-    """While installed, every plain 3x3 (non-1x1) ``nn.Conv2d`` of ``model`` on a CPU computes as
+    """While installed, every plain non-1x1 ``nn.Conv2d`` (groups 1, dilation 1, zero padding) of ``model`` on a CPU computes as
     :func:`conv2d_as_gemm` when gradients are recorded and its output is small; otherwise, and on
     other devices, the module's own forward runs. ``keep(module)`` True leaves a module alone (one that
     builds its weight per call). :meth:`remove` restores every forward."""
