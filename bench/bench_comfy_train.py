@@ -52,6 +52,7 @@ def _statm():
 def _sample():
     while not _stop.wait(0.1):
         _rss.append((time.perf_counter(), _statm()))
+_torch_rss = _statm()  # the process with torch imported: builds differ (a CUDA build holds more)
 threading.Thread(target=_sample, daemon=True).start()
 from torch.optim.optimizer import register_optimizer_step_post_hook
 def _on_step(*a, **k):
@@ -61,7 +62,7 @@ register_optimizer_step_post_hook(_on_step)
 def probe_report(extra=None):
     _stop.set()
     return {"steps": _steps, "faults": _faults, "rss": _rss, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            **(extra or {})}
+            "torch": torch.__version__, "torch_rss": _torch_rss, **(extra or {})}
 '''
 
 
@@ -73,7 +74,8 @@ def _summary(report: dict) -> dict:
     rss = [r for t, r in report["rss"] if since <= t <= (steps[-1] if steps else 0.0)] or [0]
     out = {"steps": len(steps), "median": statistics.median(timed) if timed else float("nan"),
            "min": min(timed, default=float("nan")), "max": max(timed, default=float("nan")),
-           "rss_training": statistics.median(rss), "peak": report["peak"]}
+           "rss_training": statistics.median(rss), "peak": report["peak"],
+           "torch": report.get("torch", "?"), "torch_rss": report.get("torch_rss", float("nan"))}
     faults = [b - a for a, b in zip(report.get("faults", []), report.get("faults", [])[1:])][WARMUP - 1:]
     out["faults"] = statistics.median(faults) if faults else float("nan")
     if "epoch_end_stall" in report:
@@ -273,14 +275,14 @@ def report(opts, rows: dict) -> str:
         f"DAdaptAdam(W) lr 1.0, cached latents, shuffle keep 1, {opts.steps} steps per run, median of steps "
         f"{WARMUP + 1}–{opts.steps}, runs alternating{' with kohya' if opts.kohya_dir else ''}.",
         "",
-        "| setting | trainer | s/step (median) | min–max | RSS while training | peak RSS | page faults / step "
-        "| epoch-end stall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | trainer | torch (RSS after import) | s/step (median) | min–max | RSS while training | peak RSS "
+        "| page faults / step | epoch-end stall |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, results in rows.items():
         for who, r in results:
             stall = f"{r['epoch_end_stall']:.2f} s" if r.get("epoch_end_stall") is not None else "–"
-            lines.append(f"| {LABELS[config]} | {who} | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
+            lines.append(f"| {LABELS[config]} | {who} | {r['torch']} ({_gib(r['torch_rss'])}) | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
                          f"{_gib(r['rss_training'])} | {_gib(r['peak'])} | {r.get('faults', float('nan')):,.0f} | "
                          f"{stall} |")
     if opts.kohya_dir:
