@@ -282,7 +282,8 @@ def report(opts, rows: dict) -> str:
     for config, results in rows.items():
         for who, r in results:
             stall = f"{r['epoch_end_stall']:.2f} s" if r.get("epoch_end_stall") is not None else "–"
-            lines.append(f"| {LABELS[config]} | {who} | {r['torch']} ({_gib(r['torch_rss'])}) | {r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
+            lines.append(f"| {LABELS[config]} | {who} | {r['torch']} ({_gib(r['torch_rss'])}) | "
+                         f"{r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | "
                          f"{_gib(r['rss_training'])} | {_gib(r['peak'])} | {r.get('faults', float('nan')):,.0f} | "
                          f"{stall} |")
     if opts.kohya_dir:

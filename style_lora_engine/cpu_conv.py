@@ -90,9 +90,9 @@ def _takes_gemm(module: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 class GemmForSmallConvs:
-    """While installed, every plain non-1x1 ``nn.Conv2d`` (groups 1, dilation 1, zero padding) of ``model`` on a CPU computes as
-    :func:`conv2d_as_gemm` when gradients are recorded and its output is small; otherwise, and on
-    other devices, the module's own forward runs. ``keep(module)`` True leaves a module alone (one that
+    """While installed, every plain non-1x1 ``nn.Conv2d`` (groups 1, dilation 1, zero padding) of
+    ``model`` on a CPU computes as :func:`conv2d_as_gemm` when gradients are recorded and its output is
+    small; otherwise, and on other devices, the module's own forward runs. ``keep(module)`` True leaves a module alone (one that
     builds its weight per call). :meth:`remove` restores every forward."""
 
     def __init__(self, model: nn.Module, device: torch.device,
